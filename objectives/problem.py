@@ -1,0 +1,114 @@
+"""The prompt-tuning problem every tuner solves: a frozen LM, a task, a template and a verbalizer.
+
+``ProblemConfig`` holds the fields every tuner shares; tuners extend it with their own. ``Problem`` is the
+built form: the loaded LM, the k-shot splits and one ``PromptScorer`` per split (train and dev keep their
+frozen input caches resident; test streams). ``build_problem`` caches built problems per process, keyed by
+the problem fields only, so later trials in one Ray worker reuse the model, the data and the caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from objectives.models import LanguageModel, load_lm
+from objectives.scoring import TEMPLATES, PromptScorer
+from objectives.tasks import Task, load_task, verbalizer_ids
+
+SPLITS = ("train", "dev", "test")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProblemConfig:
+    """Fields shared by every tuner: what to prompt, on which data, and how to read its answer."""
+
+    model: str = field(default="tiny-gpt2", metadata={"help": "folder, offline asset or hub name of the task LM"})
+    task: str = field(
+        default="rotten-tomatoes",
+        metadata={"help": "'rotten-tomatoes', an LM-BFF folder (train/dev/test.tsv), or 'hf:NAME[:CONFIG]'"},
+    )
+    verbalizer: tuple[str, ...] = field(
+        default=(" terrible", " great"), metadata={"help": "one single-token word per class, in label order"}
+    )
+    template: str = field(
+        default="suffix", metadata={"help": "'suffix' ({x}{prompt}) or 'prefix' ({prompt}{x} It was)"}
+    )
+    k_shot: int | None = field(default=16, metadata={"help": "examples per class in train and dev (None: all)"})
+    n_test: int | None = field(default=500, metadata={"help": "test examples scored at the end (None: all)"})
+    prompt_len: int = field(default=5, metadata={"help": "number of prompt token positions L"})
+    seed: int = field(default=0, metadata={"help": "seeds the tuner and the k-shot sampling"})
+    device: str = field(default="auto", metadata={"help": "'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'"})
+    use_cache: bool = field(default=True, metadata={"help": "reuse the frozen LM's keys/values of x (suffix only)"})
+    eval_chunk: int = field(default=64, metadata={"help": "examples per forward pass in evaluation"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.verbalizer, list):
+            object.__setattr__(self, "verbalizer", tuple(self.verbalizer))
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"template={self.template!r} is not one of {TEMPLATES}")
+        if self.prompt_len < 1:
+            raise ConfigError(f"prompt_len={self.prompt_len} must be >= 1 (the number of prompt tokens)")
+        if len(self.verbalizer) < 2:
+            raise ConfigError(f"verbalizer={self.verbalizer!r} needs one word per class, at least 2")
+        for name in ("k_shot", "n_test"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be >= 1, or None for all examples")
+        if self.eval_chunk < 1:
+            raise ConfigError(f"eval_chunk={self.eval_chunk} must be >= 1")
+
+    def problem_key(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(ProblemConfig) if f.name != "prompt_len")
+
+
+@dataclass
+class Problem:
+    """A built ``ProblemConfig``: LM, splits, labels and scorers."""
+
+    lm: LanguageModel
+    task: Task
+    verbalizer_ids: list[int]
+    scorers: dict[str, PromptScorer]
+    labels: dict[str, torch.Tensor]
+
+
+_PROBLEMS: dict[tuple, Problem] = {}
+_LOCK = threading.Lock()
+
+
+def build_problem(config: ProblemConfig) -> Problem:
+    """Build (or reuse from this process's cache) the problem that ``config`` describes."""
+    key = config.problem_key()
+    with _LOCK:
+        if key not in _PROBLEMS:
+            _PROBLEMS[key] = _build(config)
+        return _PROBLEMS[key]
+
+
+def _build(config: ProblemConfig) -> Problem:
+    lm = load_lm(config.model, config.device)
+    ids = verbalizer_ids(lm.tokenizer, config.verbalizer)
+    task = load_task(
+        config.task, num_classes=len(config.verbalizer), k_shot=config.k_shot, n_test=config.n_test, seed=config.seed
+    )
+    scorers = {
+        split: PromptScorer(
+            lm,
+            task.texts(split),
+            template=config.template,
+            verbalizer_ids=ids,
+            # The test split is scored once at the end; holding its keys/values would cost memory for nothing.
+            use_cache=config.use_cache and split != "test",
+            chunk_size=config.eval_chunk,
+        )
+        for split in SPLITS
+    }
+    labels = {split: torch.tensor(task.labels(split), device=lm.device) for split in SPLITS}
+    return Problem(lm=lm, task=task, verbalizer_ids=ids, scorers=scorers, labels=labels)

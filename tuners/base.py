@@ -1,0 +1,160 @@
+"""The ``Tuner`` protocol, ``PromptResult``, the tuner registry and config building.
+
+Lifecycle of a tuner run: the caller builds a frozen config (``make_config``: preset, then overrides, then
+validation in the config's ``__post_init__``), calls ``tuner.run(config, report=...)``; the tuner trains,
+calling ``report(step, metrics)`` every ``eval_every`` steps, and returns a ``PromptResult`` whose metrics
+are final. Tuners know nothing of Ray, MLflow or Optuna: ``sweep/`` adapts ``report`` to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import yaml
+
+from objectives.problem import ConfigError, ProblemConfig
+
+Reporter = Callable[[int, Mapping[str, float]], None]
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """What every tuner returns.
+
+    ``soft_prompt`` is the continuous prompt ``(L, d_model)`` as nested lists when the tuner has one.
+    ``history`` holds the metrics of every ``report`` call, as ``(step, metrics)``.
+    """
+
+    tuner: str
+    prompt_text: str
+    prompt_ids: list[int]
+    metrics: dict[str, float]
+    steps: int
+    seed: int
+    wall_s: float
+    config: dict[str, Any] = field(default_factory=dict)
+    soft_prompt: list[list[float]] | None = None
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        bad = {k: v for k, v in self.metrics.items() if not (isinstance(v, float) and math.isfinite(v))}
+        if bad:
+            raise ValueError(f"PromptResult metrics must be finite floats; got {bad}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The DESIGN.md JSON contract (the soft tensor and history are left out to keep it readable)."""
+        return {
+            "tuner": self.tuner,
+            "prompt_text": self.prompt_text,
+            "prompt_ids": self.prompt_ids,
+            "metrics": self.metrics,
+            "steps": self.steps,
+            "seed": self.seed,
+            "wall_s": self.wall_s,
+            "config": self.config,
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+
+@runtime_checkable
+class Tuner(Protocol):
+    """A prompt tuner: a name, its config class, and ``run``."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[ProblemConfig]]
+
+    def run(self, config: ProblemConfig, *, report: Reporter | None = None) -> PromptResult: ...
+
+
+_REGISTRY: dict[str, Tuner] = {}
+
+
+def register(tuner: Tuner) -> Tuner:
+    if tuner.name in _REGISTRY:
+        raise ValueError(f"a tuner named {tuner.name!r} is already registered ({_REGISTRY[tuner.name]!r})")
+    _REGISTRY[tuner.name] = tuner
+    return tuner
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_tuner(name: str) -> Tuner:
+    if name not in _REGISTRY:
+        raise KeyError(unknown_message("tuner", name, available()))
+    return _REGISTRY[name]
+
+
+def unknown_message(kind: str, name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["k=v", ...]`` → dict, values read as YAML (``3``, ``0.1``, ``null``, ``[" a", " b"]``)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not of the form key=value")
+        key, raw = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return out
+
+
+def make_config(cls: type[ProblemConfig], values: Mapping[str, Any]) -> ProblemConfig:
+    """Build ``cls`` from plain values, with clear errors for unknown keys and wrongly typed values."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(unknown_message(f"config key for {cls.__name__}", key, sorted(fields)))
+        kwargs[key] = _coerce(key, value, typing.get_type_hints(cls)[key])
+    return cls(**kwargs)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint; ints are accepted for floats, lists for tuples."""
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key}=None is not allowed; expected {_type_name(hint)}")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+        if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
+            return tuple(value)
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(hint)}")
+
+
+def _type_name(hint: Any) -> str:
+    return str(hint).replace("typing.", "")
+
+
+def config_dict(config: ProblemConfig) -> dict[str, Any]:
+    """A config as plain JSON-able values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}

@@ -1,0 +1,65 @@
+"""Single-run presets: sizes for each tuner at the three scales of DESIGN.md.
+
+``common`` applies to every tuner of a preset, then the tuner's own entry. The sweep presets
+(``sweep/presets.py``) start from these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from objectives.problem import ConfigError, ProblemConfig
+from tuners.base import get_tuner, make_config, unknown_message
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # Tiny random GPT-2 with the real GPT-2 tokenizer: seconds on 2 cores, every code path exercised.
+    "smoke": {
+        "common": {
+            "model": "tiny-gpt2",
+            "task": "rotten-tomatoes",
+            "k_shot": 4,
+            "n_test": 16,
+            "prompt_len": 3,
+        },
+        "pez": {"steps": 4, "batch_size": 8, "eval_every": 2},
+        "soft": {"steps": 4, "batch_size": 8, "eval_every": 2},
+    },
+    # A real pretrained LM (SmolLM2-135M) on real reviews, sized for a 2-core CPU.
+    "demo": {
+        "common": {
+            "model": "smollm2-135m",
+            "task": "rotten-tomatoes",
+            "k_shot": 16,
+            "n_test": 200,
+            "prompt_len": 5,
+        },
+        "pez": {"steps": 60, "batch_size": 16, "lr": 0.1, "eval_every": 10},
+        "soft": {"steps": 60, "batch_size": 16, "lr": 0.01, "eval_every": 10},
+    },
+    # The originals' setting: GPT-2 on the LM-BFF SST-2 16-shot splits (hub access and a GPU expected).
+    "paper": {
+        "common": {
+            "model": "gpt2",
+            "task": "data/fewshot/sst-2/16-100",
+            "k_shot": None,
+            "n_test": None,
+            "prompt_len": 5,
+        },
+        "pez": {"steps": 1000, "batch_size": 32, "lr": 0.3, "eval_every": 50},
+        "soft": {"steps": 1000, "batch_size": 32, "lr": 0.3, "eval_every": 50},
+    },
+}
+
+
+def preset_values(preset: str, tuner: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))
+    entry = PRESETS[preset]
+    return {**entry.get("common", {}), **entry.get(tuner, {})}
+
+
+def preset_config(tuner: str, preset: str, overrides: Mapping[str, Any] | None = None) -> ProblemConfig:
+    """The config of ``tuner`` at ``preset`` with ``overrides`` applied on top, validated."""
+    cls = get_tuner(tuner).config_cls
+    return make_config(cls, {**preset_values(preset, tuner), **(overrides or {})})
