@@ -30,6 +30,12 @@ def split_scores(problem: Problem, split: str, prompt: torch.Tensor) -> tuple[to
 
 
 @torch.no_grad()
+def empty_prompt_accuracy(problem: Problem, split: str) -> float:
+    """Accuracy with no prompt at all on ``split``: the baseline every tuned prompt is compared with."""
+    return float(accuracy(problem.scorers[split].empty_prompt_logits(), problem.labels[split]))
+
+
+@torch.no_grad()
 def log_ppl(problem: Problem, prompt_ids: torch.Tensor) -> torch.Tensor:
     """``interp/log_ppl`` of discrete prompts ``(P, L)`` under the task LM → ``(P,)``."""
     embeds = problem.lm.embeddings[prompt_ids]

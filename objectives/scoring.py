@@ -180,13 +180,8 @@ class PromptScorer:
                     pos_mask.view(n_prompts, batch, -1),
                 )
             last = pos_mask.sum(1) - 1
-            h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            weight = self.lm.head.weight[self.verbalizer_ids]
-            logits = h @ weight.T
-            bias = getattr(self.lm.head, "bias", None)
-            if bias is not None:
-                logits = logits + bias[self.verbalizer_ids]
-        return logits.float().view(n_prompts, batch, -1)
+            logits = self._verbalize(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+        return logits.view(n_prompts, batch, -1)
 
     def _suffix_hidden(self, prompts: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n_prompts, length, _ = prompts.shape
@@ -224,6 +219,33 @@ class PromptScorer:
             out = self.lm.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         return out.last_hidden_state, mask
 
+    @torch.no_grad()
+    def empty_prompt_logits(self) -> torch.Tensor:
+        """Verbalizer logits with no prompt at all (``{x}`` or ``{x} It was``): the baseline a prompt must beat.
+
+        Returns ``(N, C)`` for every example of the split.
+        """
+        out = []
+        for start in range(0, self.n, self.chunk_size):
+            rows = torch.arange(start, min(start + self.chunk_size, self.n), device=self.lm.device)
+            with self.lm.autocast():
+                hidden = self.lm.body(
+                    input_ids=self._inputs.ids[rows],
+                    attention_mask=self._inputs.mask[rows],
+                    position_ids=self._positions(rows),
+                ).last_hidden_state
+            out.append(self._verbalize(hidden[torch.arange(len(rows)), self._inputs.lengths[rows] - 1]))
+        return torch.cat(out)
+
+    def _verbalize(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the verbalizer tokens only, ``(..., d_model)`` → ``(..., C)`` fp32: the head's other rows
+        are never needed for classification, and skipping them saves a ``d × vocab`` product per example."""
+        logits = hidden @ self.lm.head.weight[self.verbalizer_ids].T
+        bias = getattr(self.lm.head, "bias", None)
+        if bias is not None:
+            logits = logits + bias[self.verbalizer_ids]
+        return logits.float()
+
     def uncached_suffix_logits(self, prompt: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The ``suffix`` template's verbalizer logits computed the slow way, ``x`` and prompt in one pass.
 
@@ -247,10 +269,7 @@ class PromptScorer:
         positions = torch.arange(width + length, device=ids.device).expand(batch, -1)
         with self.lm.autocast():
             hidden = self.lm.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
-        h = hidden[torch.arange(batch, device=ids.device), lengths + length - 1]
-        logits = h @ self.lm.head.weight[self.verbalizer_ids].T
-        bias = getattr(self.lm.head, "bias", None)
-        return (logits + bias[self.verbalizer_ids] if bias is not None else logits).float()
+        return self._verbalize(hidden[torch.arange(batch, device=ids.device), lengths + length - 1])
 
 
 def _pad_dim2(t: torch.Tensor, width: int) -> torch.Tensor:

@@ -84,39 +84,19 @@ def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | 
     init_ids = torch.randint(lm.vocab_size, (config.prompt_len,), generator=gen).to(lm.device)
     soft = embeds[init_ids].detach().clone().float().requires_grad_(True)  # P̄: (L, d_model)
     optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
-    labels = problem.labels["train"]
-    n_train = len(labels)
+    n_train = len(problem.labels["train"])
     best = _Best()
     history: list[tuple[int, dict[str, float]]] = []
 
     for step in range(1, config.steps + 1):
         rows = torch.randperm(n_train, generator=gen)[: config.batch_size].to(lm.device)
-        ids = nearest_tokens(soft.detach(), embeds)[0]
         optimizer.zero_grad(set_to_none=True)
-        if mode == "pez":
-            # Straight-through as PEZ does it: a leaf at the projection collects the gradient, which is then
-            # handed to P̄. The test in tests/tuners/test_pez.py fails if it were taken at P̄ instead.
-            at = embeds[ids].detach().clone().float().requires_grad_(True)
-            ce, nll = _terms(problem, at, ids, rows, labels, need_nll_grad=config.lambda_ppl > 0)
-            (grad,) = torch.autograd.grad(_combine(config, ce, nll), at)
-            if config.lambda_dist > 0:
-                (config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)).backward()
-            soft.grad = grad if soft.grad is None else soft.grad + grad
-        else:
-            # Soft prompt tuning: the task loss at P̄; the fluency term at the projection, passed straight
-            # through to P̄ (its value is the projection's, its gradient lands on P̄ unchanged).
-            through = soft + (embeds[ids].float() - soft).detach()
-            ce = task_ce(problem.scorers["train"].logits(soft, rows), labels[rows])
-            nll = _nll(problem, through, ids, grad=config.lambda_ppl > 0)
-            loss = _combine(config, ce, nll)
-            if config.lambda_dist > 0:
-                loss = loss + config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)
-            loss.backward()
+        ce, nll = step_gradient(problem, config, soft, rows, mode=mode)
         optimizer.step()
 
         if step % config.eval_every == 0 or step == config.steps:
             metrics = _checkpoint_best(problem, soft, mode, step, best)
-            metrics.update({"train/ce": float(ce.detach()), "train/log_ppl": float(nll.detach())})
+            metrics.update({"train/ce": ce, "train/log_ppl": nll})
             history.append((step, metrics))
             if report is not None:
                 report(step, metrics)
@@ -137,17 +117,37 @@ def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | 
     )
 
 
-def _terms(
-    problem: Problem,
-    prompt: torch.Tensor,
-    ids: torch.Tensor,
-    rows: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    need_nll_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    ce = task_ce(problem.scorers["train"].logits(prompt, rows), labels[rows])
-    return ce, _nll(problem, prompt, ids, grad=need_nll_grad)
+def step_gradient(
+    problem: Problem, config: PEZConfig, soft: torch.Tensor, rows: torch.Tensor, *, mode: str
+) -> tuple[float, float]:
+    """Accumulate one step's gradient of the loss into ``soft.grad``; returns the batch's (ce, log_ppl).
+
+    ``soft`` is the continuous prompt ``P̄`` ``(L, d_model)``, ``rows`` the training examples ``(B,)``.
+    """
+    embeds = problem.lm.embeddings
+    labels = problem.labels["train"][rows]
+    ids = nearest_tokens(soft.detach(), embeds)[0]
+    if mode == "pez":
+        # Straight-through as PEZ does it: a leaf at the projection P collects the gradient of the loss,
+        # which is then handed to P̄ (tests/tuners/test_pez.py fails if it were taken at P̄ instead).
+        at = embeds[ids].detach().clone().float().requires_grad_(True)
+        ce = task_ce(problem.scorers["train"].logits(at, rows), labels)
+        nll = _nll(problem, at, ids, grad=config.lambda_ppl > 0)
+        (grad,) = torch.autograd.grad(_combine(config, ce, nll), at)
+        if config.lambda_dist > 0:
+            (config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)).backward()
+        soft.grad = grad if soft.grad is None else soft.grad + grad
+    else:
+        # Soft prompt tuning: the task loss at P̄; the fluency term at the projection, passed straight
+        # through to P̄ (its value is the projection's, its gradient lands on P̄ unchanged).
+        through = soft + (embeds[ids].float() - soft).detach()
+        ce = task_ce(problem.scorers["train"].logits(soft, rows), labels)
+        nll = _nll(problem, through, ids, grad=config.lambda_ppl > 0)
+        loss = _combine(config, ce, nll)
+        if config.lambda_dist > 0:
+            loss = loss + config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)
+        loss.backward()
+    return float(ce.detach()), float(nll.detach())
 
 
 def _nll(problem: Problem, prompt: torch.Tensor, ids: torch.Tensor, *, grad: bool) -> torch.Tensor:

