@@ -10,6 +10,7 @@ import pytest
 # Tests never touch the model hub: a hub name must fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 POSITIVE = [
     "a warm , funny and moving film",
@@ -50,3 +51,15 @@ def tiny_lm():
     from objectives.models import load_lm
 
     return load_lm("tiny-gpt2", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One embedded Ray on loopback for the whole session (starting Ray costs seconds)."""
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()

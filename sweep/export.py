@@ -1,0 +1,51 @@
+"""Rebuild a sweep's exports from MLflow alone (no Ray state needed).
+
+    python -m sweep.export --tracking-uri sqlite:///abs/path/mlflow.db --experiment demo --out DIR
+
+Writes the same ``trials.parquet``, ``pareto.pdf/svg/png`` and ``front.tex`` as ``sweep/run.py``, from the
+newest sweep (parent run) of the experiment, or the one named by ``--parent-run-id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from sweep import mlflow_log
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep.export", description=__doc__.split("\n")[0])
+    parser.add_argument("--tracking-uri", required=True, help="MLflow tracking URI, e.g. sqlite:///abs/mlflow.db")
+    parser.add_argument("--experiment", required=True, help="experiment name (the sweep's name)")
+    parser.add_argument("--out", required=True, help="folder to write the exports into")
+    parser.add_argument("--parent-run-id", help="a specific sweep's parent run (default: the newest)")
+    parser.add_argument("--objectives", help="comma-separated objective metrics (default: the sweep's own)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from sweep.exports import front_table_text, write_exports
+    from sweep.pareto import compute_fronts
+
+    try:
+        parent = args.parent_run_id or mlflow_log.latest_parent(args.tracking_uri, args.experiment)
+        objectives = (
+            [o.strip() for o in args.objectives.split(",")]
+            if args.objectives
+            else mlflow_log.parent_objectives(args.tracking_uri, parent)
+        )
+        table = mlflow_log.trials_table(args.tracking_uri, parent)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    annotated = write_exports(table, out, objectives)
+    print(front_table_text(annotated, compute_fronts(annotated, objectives)))
+    print(f"\nwrote {out}: {len(annotated)} trials of sweep {parent}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""MLflow layout of a sweep: one experiment per sweep name, one parent run per sweep, one child per trial.
+
+The experiment and the parent run are created on the driver before any trial starts (SQLite races on
+concurrent experiment creation, and an experiment created inside a Ray worker would put its artifacts in
+Ray's ephemeral working directory). Each trial logs its own child run as it goes, so a crashed trial or
+driver loses nothing that was already reported. ``trials_table`` reads the trials back: it is the single
+source of the exported tables, for ``sweep/run.py`` and ``python -m sweep.export`` alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+ROLE = "promptsweep.role"
+SEARCHED = "promptsweep.searched"
+OBJECTIVES = "promptsweep.objectives"
+PARAM_PREFIX = "param/"
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def default_tracking_uri(out: Path) -> str:
+    return f"sqlite:///{out.resolve() / 'mlflow.db'}"
+
+
+def start_parent(
+    tracking_uri: str, experiment: str, *, params: Mapping[str, Any], objectives: Sequence[str], artifact_root: Path
+) -> tuple[str, str]:
+    """Create (or reuse) the experiment and start the sweep's parent run; returns their ids."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        location = artifact_root.resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    run = client.create_run(
+        experiment_id,
+        run_name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={ROLE: "parent", OBJECTIVES: json.dumps(list(objectives))},
+    )
+    log_params(client, run.info.run_id, params)
+    return experiment_id, run.info.run_id
+
+
+def log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = [Param(k, _param_value(v)) for k, v in _flatten(params).items()]
+    for start in range(0, len(flat), 100):
+        client.log_batch(run_id, params=flat[start : start + 100])
+
+
+def _param_value(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (list, dict, tuple)) else str(value)
+    return text[:6000]
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class TrialRun:
+    """A trial's child run, written from inside the Ray worker as the tuner reports."""
+
+    def __init__(
+        self,
+        *,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        tuner: str,
+        trial_id: str,
+        params: Mapping[str, Any],
+        searched: Sequence[str],
+        tags: Mapping[str, str],
+    ) -> None:
+        self.client = _client(tracking_uri)
+        run = self.client.create_run(
+            experiment_id,
+            run_name=f"{tuner}-{trial_id}",
+            tags={
+                "mlflow.parentRunId": parent_run_id,
+                ROLE: "trial",
+                "tuner": tuner,
+                "trial_id": trial_id,
+                SEARCHED: json.dumps(list(searched)),
+                **tags,
+            },
+        )
+        self.run_id = run.info.run_id
+        log_params(self.client, self.run_id, params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def finish(self, *, prompt_text: str, prompt_ids: list[int], result: Mapping[str, Any]) -> None:
+        self.client.set_tag(self.run_id, "prompt_text", prompt_text[:5000])
+        self.client.set_tag(self.run_id, "prompt_ids", json.dumps(prompt_ids))
+        self.client.log_text(self.run_id, prompt_text, "prompt.txt")
+        self.client.log_dict(self.run_id, dict(result), "result.json")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def fail(self, error: BaseException) -> None:
+        self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        self.client.set_terminated(self.run_id, "FAILED")
+
+
+def finish_parent(tracking_uri: str, run_id: str, *, files: Sequence[Path], status: str = "FINISHED") -> None:
+    client = _client(tracking_uri)
+    for path in files:
+        if path.exists():
+            client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status)
+
+
+def latest_parent(tracking_uri: str, experiment: str) -> str:
+    """The newest parent run of an experiment (the sweep ``python -m sweep.export`` rebuilds by default)."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = [e.name for e in client.search_experiments()]
+        raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}; experiments there: {names}")
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", order_by=["attributes.start_time DESC"]
+    )
+    if not runs:
+        raise ValueError(f"experiment {experiment!r} at {tracking_uri} holds no sweep (no parent run)")
+    return runs[0].info.run_id
+
+
+def parent_objectives(tracking_uri: str, parent_run_id: str) -> list[str]:
+    return json.loads(_client(tracking_uri).get_run(parent_run_id).data.tags[OBJECTIVES])
+
+
+def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
+    """One row per finished trial of a sweep, with the columns of the ``trials.parquet`` contract.
+
+    Rows are ordered by trial id so that two reads of the same store give identical tables.
+    """
+    from mlflow.entities import ViewType
+
+    client = _client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",
+        run_view_type=ViewType.ACTIVE_ONLY,
+        max_results=50000,
+    )
+    rows = []
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        row: dict[str, Any] = {
+            "tuner": tags["tuner"],
+            "trial_id": tags.get("trial_id", ""),
+            "mlflow_run_id": run.info.run_id,
+        }
+        for weight in json.loads(tags.get(SEARCHED, "[]")):
+            row[PARAM_PREFIX + weight] = float(params[weight])
+        history = {key for key in run.data.metrics if key.startswith(("dev/", "train/"))}
+        row.update({k: float(v) for k, v in run.data.metrics.items() if k not in history})
+        row["prompt_text"] = tags.get("prompt_text", "")
+        row["prompt_ids"] = json.loads(tags.get("prompt_ids", "[]"))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=["tuner", "trial_id", "mlflow_run_id", "prompt_text", "prompt_ids"])
+    return table.sort_values(["tuner", "trial_id"], kind="stable").reset_index(drop=True)

@@ -1,0 +1,231 @@
+"""Pareto fronts and hypervolumes of a sweep's trials, in pure numpy.
+
+Every function past :func:`objective_matrix` works on *maximisation*: :func:`objective_matrix` is the one
+place where a lower-is-better metric (``METRICS[name].higher_is_better`` is False) has its sign flipped.
+
+Shape letters: ``n`` trials (rows of the trials table), ``k`` objectives.
+
+Arrays in :class:`Fronts` are aligned with the table's rows by *position*, not by index label, so a table
+with any index works; :func:`annotate` copies them back onto the table.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from objectives.metrics import metric_info
+
+logger = logging.getLogger(__name__)
+
+# Signals of the paper's "odd behaviour": a perplexity proxy optimised into repeated or special tokens.
+GAMED_COLUMNS = ("interp/repeat_frac", "interp/special_frac")
+ALL_KEY = "all"
+
+# Bounds the (block, n, k) comparison tensor of pareto_mask to about this many elements.
+_MAX_BLOCK_ELEMENTS = 1 << 22
+
+
+def objective_matrix(table: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
+    """Objective columns of ``table`` as ``(n, k)`` float64, signed so that larger is better in every column.
+
+    Column ``j`` is ``table[objectives[j]]`` if ``METRICS[objectives[j]].higher_is_better``, else its
+    negation. NaN stays NaN. An unregistered name raises ``KeyError`` suggesting close names; a registered
+    name missing from a non-empty table raises ``KeyError`` naming the columns it has.
+    """
+    if len(objectives) == 0:
+        raise ValueError("need at least one objective")
+    signs = np.array([1.0 if metric_info(name).higher_is_better else -1.0 for name in objectives])
+    if len(table) == 0:
+        return np.zeros((0, len(objectives)), dtype=np.float64)
+    missing = [name for name in objectives if name not in table.columns]
+    if missing:
+        raise KeyError(f"trials table has no column for objective(s) {missing}; columns: {list(table.columns)}")
+    values = table[list(objectives)].to_numpy(dtype=np.float64, na_value=np.nan)
+    return values * signs
+
+
+def _as_matrix(values: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(values, dtype=np.float64)
+    if matrix.ndim != 2:
+        raise ValueError(f"values must be (n, k), got shape {matrix.shape}")
+    return matrix
+
+
+def pareto_mask(values: np.ndarray) -> np.ndarray:
+    """Non-dominated rows of ``values`` ``(n, k)`` under maximisation -> bool ``(n,)``.
+
+    Row ``i`` is dominated when some row ``j`` is ``>=`` in every column and ``>`` in at least one, so exact
+    duplicates do not dominate each other and are both kept. Rows holding a NaN (or an infinity, which no
+    metric should produce and which would otherwise dominate everything) are never on the front and never
+    dominate. ``n = 0`` gives an empty mask.
+    """
+    matrix = _as_matrix(values)
+    valid = np.isfinite(matrix).all(axis=1)
+    points = matrix[valid]
+    m, k = points.shape
+    on_front = np.ones(m, dtype=bool)
+    # Blocks of rows keep the broadcast comparison in bounded memory for large sweeps.
+    block = max(1, _MAX_BLOCK_ELEMENTS // max(1, m * k))
+    for start in range(0, m, block):
+        rows = points[start : start + block, None, :]  # (b, 1, k)
+        at_least = (points[None, :, :] >= rows).all(axis=-1)  # (b, m): row j >= row i everywhere
+        better = (points[None, :, :] > rows).any(axis=-1)  # (b, m): row j > row i somewhere
+        on_front[start : start + block] = ~(at_least & better).any(axis=1)
+    mask = np.zeros(matrix.shape[0], dtype=bool)
+    mask[valid] = on_front
+    return mask
+
+
+def hypervolume_2d(values: np.ndarray, reference: Sequence[float]) -> float:
+    """Area dominated by the points ``(n, 2)`` (maximisation) and bounded below by ``reference`` ``(2,)``.
+
+    Only points strictly better than ``reference`` in both coordinates (and finite) contribute; with none
+    the result is 0.0. Dominated points may be included: they add no area.
+    """
+    matrix = _as_matrix(values)
+    if matrix.shape[1] != 2:
+        raise ValueError(f"hypervolume_2d needs (n, 2) values, got shape {matrix.shape}")
+    ref = np.asarray(reference, dtype=np.float64)
+    if ref.shape != (2,):
+        raise ValueError(f"reference must have 2 coordinates, got {ref.shape}")
+    keep = np.isfinite(matrix).all(axis=1) & (matrix[:, 0] > ref[0]) & (matrix[:, 1] > ref[1])
+    points = matrix[keep]
+    # Sweep from the largest x: each point adds the strip of height it gains over every point to its right.
+    order = np.lexsort((-points[:, 1], -points[:, 0]))
+    area = 0.0
+    top = ref[1]
+    for x, y in points[order]:
+        if y > top:
+            area += (x - ref[0]) * (y - top)
+            top = y
+    return float(area)
+
+
+def reference_point(values: np.ndarray) -> np.ndarray:
+    """The default hypervolume reference ``(k,)`` for ``values`` ``(n, k)`` in maximisation space.
+
+    Per column: the minimum over finite values minus 10% of the column's range, or minus
+    ``1e-9 * max(1, |min|)`` when the range is 0, so that every finite point is strictly better than the
+    reference and adds area. A column with no finite value gives NaN (and a hypervolume of 0). Because it
+    depends on the sweep's own points, hypervolumes from different sweeps are only comparable when the
+    reference is the same; the exports state it next to every hypervolume.
+    """
+    matrix = _as_matrix(values)
+    reference = np.full(matrix.shape[1], np.nan)
+    for j in range(matrix.shape[1]):
+        column = matrix[:, j][np.isfinite(matrix[:, j])]
+        if column.size == 0:
+            continue
+        low, span = float(column.min()), float(column.max() - column.min())
+        reference[j] = low - 0.1 * span if span > 0 else low - 1e-9 * max(1.0, abs(low))
+    return reference
+
+
+@dataclass(frozen=True, eq=False)
+class Fronts:
+    """Pareto fronts of a trials table; arrays are ``(n,)`` aligned with the table's rows by position.
+
+    ``is_pareto`` marks rows non-dominated among their own tuner's trials, ``is_pareto_all`` among all
+    trials. ``hypervolume`` holds one area per tuner and one under ``"all"``, all against the same
+    ``reference`` (maximisation space: lower-is-better objectives negated); it is empty unless there are
+    exactly 2 objectives. ``gamed`` flags prompts whose ``interp/repeat_frac`` or ``interp/special_frac``
+    exceeds ``gamed_threshold``. ``eq=False``: arrays have no single truth value, so identity equality.
+    """
+
+    objectives: tuple[str, ...]
+    is_pareto: np.ndarray
+    is_pareto_all: np.ndarray
+    hypervolume: dict[str, float]
+    reference: tuple[float, ...]
+    gamed: np.ndarray
+    gamed_threshold: float = 0.3
+    tuners: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # Read-only copies, so that a shared Fronts cannot be edited behind the plot or export built from it.
+        for name in ("is_pareto", "is_pareto_all", "gamed"):
+            array = np.array(getattr(self, name), dtype=bool)
+            array.setflags(write=False)
+            object.__setattr__(self, name, array)
+
+
+def gamed_mask(table: pd.DataFrame, *, threshold: float = 0.3) -> np.ndarray:
+    """Bool ``(n,)``: ``interp/repeat_frac > threshold`` or ``interp/special_frac > threshold``.
+
+    A missing column or a NaN value counts as 0 (not gamed).
+    """
+    flags = np.zeros(len(table), dtype=bool)
+    for name in GAMED_COLUMNS:
+        if name in table.columns:
+            column = table[name].to_numpy(dtype=np.float64, na_value=np.nan)
+            flags |= np.nan_to_num(column, nan=0.0) > threshold
+    return flags
+
+
+def _tuner_names(table: pd.DataFrame) -> np.ndarray:
+    if len(table) == 0:
+        return np.zeros(0, dtype=object)
+    if "tuner" not in table.columns:
+        raise KeyError(f"trials table has no 'tuner' column; columns: {list(table.columns)}")
+    return table["tuner"].astype(str).to_numpy(dtype=object)
+
+
+def compute_fronts(table: pd.DataFrame, objectives: Sequence[str], *, gamed_threshold: float = 0.3) -> Fronts:
+    """Per-tuner and overall fronts, hypervolumes and proxy-gaming flags of ``table`` (one row per trial).
+
+    The hypervolume reference is :func:`reference_point` of all trials together, so per-tuner areas are
+    comparable with each other and with ``"all"``.
+    """
+    objectives = tuple(objectives)
+    values = objective_matrix(table, objectives)
+    tuner_of_row = _tuner_names(table)
+    tuners = tuple(dict.fromkeys(tuner_of_row.tolist()))  # first-appearance order
+
+    is_pareto = np.zeros(len(table), dtype=bool)
+    for tuner in tuners:
+        rows = np.flatnonzero(tuner_of_row == tuner)
+        is_pareto[rows] = pareto_mask(values[rows])
+    is_pareto_all = pareto_mask(values)
+
+    reference = reference_point(values)
+    hypervolume: dict[str, float] = {}
+    if len(objectives) == 2:
+        for tuner in tuners:
+            hypervolume[tuner] = hypervolume_2d(values[tuner_of_row == tuner], reference)
+        hypervolume[ALL_KEY] = hypervolume_2d(values, reference)
+
+    fronts = Fronts(
+        objectives=objectives,
+        is_pareto=is_pareto,
+        is_pareto_all=is_pareto_all,
+        hypervolume=hypervolume,
+        reference=tuple(float(r) for r in reference),
+        gamed=gamed_mask(table, threshold=gamed_threshold),
+        gamed_threshold=float(gamed_threshold),
+        tuners=tuners,
+    )
+    logger.debug(
+        "fronts over %s: %d trials, %d per-tuner front, %d overall front, %d gamed",
+        objectives,
+        len(table),
+        int(is_pareto.sum()),
+        int(is_pareto_all.sum()),
+        int(fronts.gamed.sum()),
+    )
+    return fronts
+
+
+def annotate(table: pd.DataFrame, fronts: Fronts) -> pd.DataFrame:
+    """Copy of ``table`` with bool columns ``is_pareto``, ``is_pareto_all`` and ``proxy_gamed`` from ``fronts``."""
+    if len(fronts.is_pareto) != len(table):
+        raise ValueError(f"fronts cover {len(fronts.is_pareto)} trials but the table has {len(table)} rows")
+    annotated = table.copy()
+    annotated["is_pareto"] = np.array(fronts.is_pareto, dtype=bool)
+    annotated["is_pareto_all"] = np.array(fronts.is_pareto_all, dtype=bool)
+    annotated["proxy_gamed"] = np.array(fronts.gamed, dtype=bool)
+    return annotated

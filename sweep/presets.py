@@ -1,0 +1,49 @@
+"""Sweep presets: the intent of each is fixed by the design doc; the sizes are ours to tune.
+
+Each tuner's trials start from the tuner preset of the same name (``tuners/presets.py``) plus
+``tuner_config``; Optuna searches the weights in ``search`` on a log scale, with 0 always reachable and
+the all-zero (unregularised) trial evaluated first, so every front has the accuracy end anchored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_WEIGHTS = {"lambda_ppl": [0.01, 10.0], "lambda_dist": [0.01, 10.0]}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Tiny random GPT-2, every code path (Ray, Optuna multi-objective, MLflow, exports) in about a minute.
+    "smoke": {
+        "name": "smoke",
+        "preset": "smoke",
+        "tuners": ["pez", "soft"],
+        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS)},
+        "num_samples": 4,
+        "max_concurrent": 2,
+        "cpus_per_trial": 1,
+        "ray_num_cpus": 2,
+    },
+    # Real SmolLM2-135M on real reviews: a real accuracy/scrutability trade-off in under 10 minutes on 2 cores.
+    "demo": {
+        "name": "demo",
+        "preset": "demo",
+        "tuners": ["pez"],
+        "search": {"pez": {"lambda_ppl": [0.05, 5.0]}},
+        "num_samples": 8,
+        "max_concurrent": 2,
+        "cpus_per_trial": 1,
+        "ray_num_cpus": 2,
+    },
+    # The originals' setting on a GPU cluster: GPT-2, SST-2 16-shot, four trials per GPU.
+    "paper": {
+        "name": "paper",
+        "preset": "paper",
+        "tuners": ["pez", "soft"],
+        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS)},
+        "num_samples": 32,
+        "max_concurrent": 16,
+        "cpus_per_trial": 2,
+        "gpus_per_trial": 0.25,
+        "sampler": "tpe",
+    },
+}

@@ -1,0 +1,73 @@
+"""The Optuna side: search spaces over interpretability weights, samplers, and the Ray Tune searcher.
+
+Each weight ``w`` with range ``[low, high]`` is two Optuna parameters: a switch ``w_on`` and, when on, a
+log-uniform ``w``. A log scale never reaches 0 by itself, and the unregularised tuner (every weight 0) must
+be reachable: it anchors the accuracy end of every front. It is also the first point evaluated.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from objectives.metrics import METRICS
+
+SWITCH = "_on"
+
+
+def define_space(trial: optuna.Trial, *, ranges: Mapping[str, Sequence[float]]) -> None:
+    """Define-by-run space. Module-level (with ``functools.partial``) because Tune pickles the searcher."""
+    for weight, (low, high) in ranges.items():
+        if trial.suggest_categorical(weight + SWITCH, [False, True]):
+            trial.suggest_float(weight, float(low), float(high), log=True)
+
+
+def weights_from_params(params: Mapping[str, Any], weights: Sequence[str]) -> dict[str, float]:
+    """The effective weight values of a sampled configuration (0.0 where the switch is off)."""
+    return {w: float(params[w]) if params.get(w + SWITCH) else 0.0 for w in weights}
+
+
+def directions(objectives: Sequence[str]) -> list[str]:
+    """Optuna/Tune modes of the objectives, from the metric registry's ``higher_is_better``."""
+    return ["max" if METRICS[name].higher_is_better else "min" for name in objectives]
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"sampler={name!r} is not one of tpe, nsga2, random")
+
+
+def make_searcher(
+    *,
+    ranges: Mapping[str, Sequence[float]],
+    objectives: Sequence[str],
+    sampler: str,
+    seed: int,
+    storage_path: Path,
+    study_name: str,
+) -> Any:
+    """An ``OptunaSearch`` for one tuner, its study persisted in SQLite for ``optuna-dashboard``.
+
+    ``metric``/``mode`` lists go on the searcher, never on ``TuneConfig`` (that raises for lists).
+    """
+    from ray.tune.search.optuna import OptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
+    return OptunaSearch(
+        space=functools.partial(define_space, ranges={k: list(v) for k, v in ranges.items()}),
+        metric=list(objectives),
+        mode=directions(objectives),
+        sampler=make_sampler(sampler, seed),
+        storage=storage,
+        study_name=study_name,
+        points_to_evaluate=[{w + SWITCH: False for w in ranges}] if ranges else None,
+    )
