@@ -45,7 +45,7 @@ class SweepConfig:
     )
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler: tpe, nsga2 or random"})
     num_samples: int = field(default=8, metadata={"help": "trials per tuner"})
-    max_concurrent: int = field(default=2, metadata={"help": "trials running at once per tuner"})
+    max_concurrent: int = field(default=2, metadata={"help": "trials running at once, all tuners together"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs each trial reserves"})
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs each trial reserves (fractions share a GPU)"})
     seed: int = field(default=0, metadata={"help": "seeds the Optuna sampler (trials keep their preset seed)"})

@@ -44,9 +44,11 @@ def start_parent(
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+    elif tracking_uri.startswith(("http://", "https://")):
+        # A tracking server owns its artifact store; a local path would land on whichever node wrote it.
+        experiment_id = client.create_experiment(experiment)
     else:
-        location = artifact_root.resolve().as_uri() if "://" not in str(artifact_root) else str(artifact_root)
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
+        experiment_id = client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
     run = client.create_run(
         experiment_id,
         run_name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}",

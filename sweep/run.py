@@ -80,7 +80,7 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
     from ray import tune
 
     from sweep.exports import front_table_text, write_exports
-    from sweep.search import make_searcher
+    from sweep.search import MultiTunerSearch, make_searcher
     from sweep.trainable import TrialContext, run_trial
 
     started = time.time()
@@ -100,20 +100,20 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
         timings: dict[str, float] = {}
         status = "FINISHED"
         try:
-            for tuner in config.tuners:
-                t0 = time.time()
-                weights = tuple(config.search.get(tuner, {}))
-                context = TrialContext(
+            t0 = time.time()
+            contexts = {
+                tuner: TrialContext(
                     tuner=tuner,
                     values=config.trial_values(tuner),
-                    weights=weights,
+                    weights=tuple(config.search.get(tuner, {})),
                     tracking_uri=tracking_uri,
                     experiment_id=experiment_id,
                     parent_run_id=parent,
                 )
-                resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
-                trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), resources)
-                searcher = make_searcher(
+                for tuner in config.tuners
+            }
+            searchers = {
+                tuner: make_searcher(
                     ranges=config.search.get(tuner, {}),
                     objectives=config.objectives,
                     sampler=config.sampler,
@@ -121,27 +121,31 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
                     storage_path=out / "optuna.db",
                     study_name=f"{config.name}-{tuner}-{parent[:8]}",
                 )
-                tuner_run = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(
-                        search_alg=searcher,
-                        num_samples=config.num_samples,
-                        max_concurrent_trials=config.max_concurrent,
-                    ),
-                    run_config=tune.RunConfig(
-                        name=f"{config.name}-{tuner}",
-                        storage_path=str(out / "ray"),
-                        verbose=1,
-                        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                    ),
-                )
-                grid = tuner_run.fit()
-                errors = [r.error for r in grid if r.error is not None]
-                if errors:
-                    logger.warning(
-                        "%s: %d of %d trials failed; first error: %s", tuner, len(errors), len(grid), errors[0]
-                    )
-                timings[f"tune_s/{tuner}"] = time.time() - t0
+                for tuner in config.tuners
+            }
+            resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+            trainable = tune.with_resources(tune.with_parameters(run_trial, contexts=contexts), resources)
+            grid = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=MultiTunerSearch(searchers, num_samples=config.num_samples),
+                    num_samples=config.num_samples * len(config.tuners),
+                    max_concurrent_trials=config.max_concurrent,
+                    # Trials share an actor process one after another, so the model and data loaded by the
+                    # first (cached per process) serve the rest.
+                    reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=config.name,
+                    storage_path=str(out / "ray"),
+                    verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                ),
+            ).fit()
+            errors = [r.error for r in grid if r.error is not None]
+            if errors:
+                logger.warning("%d of %d trials failed; first error: %s", len(errors), len(grid), errors[0])
+            timings["tune_s"] = time.time() - t0
         except BaseException:
             status = "FAILED"
             raise

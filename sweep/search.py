@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from ray.tune.search import Searcher
 
 from objectives.metrics import METRICS
 
@@ -71,3 +72,60 @@ def make_searcher(
         study_name=study_name,
         points_to_evaluate=[{w + SWITCH: False for w in ranges}] if ranges else None,
     )
+
+
+class MultiTunerSearch(Searcher):
+    """One Tune run for every tuner of a sweep, each tuner keeping its own Optuna study.
+
+    Suggestions come from the tuners' searchers in turn (those with samples left), as
+    ``{"tuner": name, "params": {...}}``; results go back to the searcher that made the suggestion. One run
+    instead of one per tuner keeps the cluster busy across tuners and lets Ray reuse the trial actors.
+    """
+
+    def __init__(self, searchers: Mapping[str, Any], *, num_samples: int) -> None:
+        super().__init__(metric=None, mode=None)
+        self._searchers = dict(searchers)
+        self._left = {name: num_samples for name in self._searchers}
+        self._owner: dict[str, str] = {}
+        self._turn = 0
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # every inner searcher was built with its own objectives and space
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        names = list(self._searchers)
+        for offset in range(len(names)):
+            name = names[(self._turn + offset) % len(names)]
+            if self._left[name] <= 0:
+                continue
+            params = self._searchers[name].suggest(trial_id)
+            if params == self.FINISHED:
+                self._left[name] = 0
+                continue
+            if params is None:
+                continue
+            self._turn = (self._turn + offset + 1) % len(names)
+            self._left[name] -= 1
+            self._owner[trial_id] = name
+            return {"tuner": name, "params": params}
+        return self.FINISHED if all(v <= 0 for v in self._left.values()) else None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._owner:
+            self._searchers[self._owner[trial_id]].on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._owner:
+            self._searchers[self._owner.pop(trial_id)].on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        import pickle
+
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))

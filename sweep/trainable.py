@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What every trial of one tuner shares; passed with ``tune.with_parameters`` (pickled once)."""
+    """What every trial of one tuner shares; passed with ``tune.with_parameters`` (pickled once per run)."""
 
     tuner: str
     values: dict[str, Any]
@@ -32,13 +32,15 @@ class TrialContext:
     parent_run_id: str
 
 
-def run_trial(params: dict[str, Any], context: TrialContext) -> None:
+def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
+    """``config`` is ``{"tuner": name, "params": {...Optuna's sample...}}`` (see ``MultiTunerSearch``)."""
     import ray
     from ray import tune
 
+    context = contexts[config["tuner"]]
     tuner = get_tuner(context.tuner)
-    weights = weights_from_params(params, context.weights)
-    config = make_config(tuner.config_cls, {**context.values, **weights})
+    weights = weights_from_params(config["params"], context.weights)
+    tuner_config = make_config(tuner.config_cls, {**context.values, **weights})
     trial_id = tune.get_context().get_trial_id() or "local"
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     run = TrialRun(
@@ -47,7 +49,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         parent_run_id=context.parent_run_id,
         tuner=context.tuner,
         trial_id=trial_id,
-        params={k: list(v) if isinstance(v, tuple) else v for k, v in vars(config).items()},
+        params={k: list(v) if isinstance(v, tuple) else v for k, v in vars(tuner_config).items()},
         searched=context.weights,
         tags={
             "ray.node_id": ray.get_runtime_context().get_node_id(),
@@ -58,7 +60,7 @@ def run_trial(params: dict[str, Any], context: TrialContext) -> None:
         },
     )
     try:
-        result = tuner.run(config, report=lambda step, metrics: run.log_metrics(metrics, step))
+        result = tuner.run(tuner_config, report=lambda step, metrics: run.log_metrics(metrics, step))
     except BaseException as err:
         run.fail(err)
         raise
