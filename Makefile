@@ -16,7 +16,8 @@ setup: $(BIN)/python
 	$(PIP) --no-deps -r requirements-assets.txt
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not cluster"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m cluster
 
 lint: setup
 	$(BIN)/ruff check .
