@@ -25,10 +25,10 @@ lint: setup
 
 # The main job on the embedded default: real SmolLM2-135M, real Rotten Tomatoes reviews, CPU-sized.
 demo: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m tuners run pez --preset demo --json runs/demo/pez.json
+	HF_HUB_OFFLINE=1 $(BIN)/python sweep/run.py --preset demo --out runs/demo
 
 smoke: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m tuners run pez --preset smoke --json runs/smoke/pez.json
+	HF_HUB_OFFLINE=1 $(BIN)/python sweep/run.py --preset smoke --out runs/smoke
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
