@@ -35,6 +35,13 @@ def empty_prompt_accuracy(problem: Problem, split: str) -> float:
     return float(accuracy(problem.scorers[split].empty_prompt_logits(), problem.labels[split]))
 
 
+def baseline(problem: Problem) -> dict[str, float]:
+    """``baseline/acc_{dev,test}``: accuracy with no prompt, computed once per problem (per process)."""
+    if not problem.baseline:
+        problem.baseline.update({f"baseline/acc_{s}": empty_prompt_accuracy(problem, s) for s in ("dev", "test")})
+    return dict(problem.baseline)
+
+
 @torch.no_grad()
 def log_ppl(problem: Problem, prompt_ids: torch.Tensor) -> torch.Tensor:
     """``interp/log_ppl`` of discrete prompts ``(P, L)`` under the task LM → ``(P,)``."""
@@ -61,7 +68,8 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
 
     ``task/ce`` is the dev cross-entropy of the discrete prompt (dev is the split prompts are selected on).
     Without a soft prompt the faithfulness metrics are 0: a prompt that is discrete from the start is its
-    own readable form.
+    own readable form. ``baseline/acc_{dev,test}`` (no prompt at all) come with every result, so that a
+    reader of any table can see whether a prompt beats having none.
     """
     embeds = problem.lm.embeddings
     discrete = embeds[prompt_ids].float()
@@ -72,6 +80,7 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
         metrics[f"task/acc_{split}"] = float(acc[0])
     metrics["task/ce"] = float(scores["dev"][1][0])
     metrics.update(readability(problem, prompt_ids))
+    metrics.update(baseline(problem))
     if soft is None:
         metrics.update({"faith/dist": 0.0, "faith/output": 0.0, "faith/perf": 0.0, "faith/perf_ce": 0.0})
     else:

@@ -72,6 +72,8 @@ for _name, _higher, _description in (
     ("task/acc_test", True, "accuracy of the discrete prompt on the test split"),
     ("task/acc_dev_soft", True, "accuracy of the soft (continuous) prompt on the dev split"),
     ("task/acc_test_soft", True, "accuracy of the soft (continuous) prompt on the test split"),
+    ("baseline/acc_dev", True, "accuracy with no prompt on the dev split: the baseline a prompt must beat"),
+    ("baseline/acc_test", True, "accuracy with no prompt on the test split"),
     ("interp/log_ppl", False, "mean next-token negative log-likelihood of the prompt under the LM"),
     ("interp/scrutability", True, "how well a reader can tell what the prompt asks for"),
     ("interp/repeat_frac", False, "share of prompt positions repeating an earlier token"),

@@ -77,6 +77,8 @@ class Problem:
     verbalizer_ids: list[int]
     scorers: dict[str, PromptScorer]
     labels: dict[str, torch.Tensor]
+    # Accuracies with no prompt, filled on first use by ``objectives.evaluation.baseline``.
+    baseline: dict[str, float] = field(default_factory=dict)
 
 
 _PROBLEMS: dict[tuple, Problem] = {}

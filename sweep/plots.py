@@ -102,6 +102,8 @@ class ParetoPlot:
     step_where: Literal["pre", "post"] | None
     gamed_label: str
     dominated_alpha: float = 0.25
+    # Accuracy with no prompt at all, drawn as a reference line when the x objective is an accuracy.
+    x_baseline: float | None = None
 
     def tuner(self, name: str) -> TunerSeries:
         """The series of tuner ``name``; ``KeyError`` listing the tuners when absent."""
@@ -190,6 +192,12 @@ def pareto_plot(table: pd.DataFrame, fronts: Fronts) -> ParetoPlot:
     step_where: Literal["pre", "post"] | None = None
     if len(fronts.objectives) == 2:
         step_where = "pre" if metric_info(x_name).higher_is_better else "post"
+    x_baseline = None
+    baseline_column = "baseline/" + x_name.removeprefix("task/")
+    if x_name.startswith("task/acc_") and baseline_column in table and len(table):
+        values = _column(table, baseline_column)
+        if np.isfinite(values).any():
+            x_baseline = float(np.nanmean(values))
     return ParetoPlot(
         objectives=(x_name, y_name),
         x_label=axis_label(x_name),
@@ -197,6 +205,7 @@ def pareto_plot(table: pd.DataFrame, fronts: Fronts) -> ParetoPlot:
         series=tuple(series),
         step_where=step_where,
         gamed_label=f"proxy gamed (repeat/special > {fronts.gamed_threshold:g})",
+        x_baseline=x_baseline,
     )
 
 
@@ -232,6 +241,8 @@ def _draw_axes(ax: Axes, plot: ParetoPlot) -> None:
         if len(s.gamed):
             any_gamed = True
             ax.scatter(s.x[s.gamed], s.y[s.gamed], color=GAMED_COLOR, marker="x", s=14, linewidths=0.8, zorder=4)
+    if plot.x_baseline is not None:
+        ax.axvline(plot.x_baseline, color="0.45", linestyle="--", linewidth=0.8, label="no prompt", zorder=1)
     if not plot.series:
         return
     # Proxy artists: legend entries that explain the faded and crossed points without repeating per tuner.

@@ -50,6 +50,8 @@ EXPECTED_DIRECTIONS = {
     "task/acc_test": True,
     "task/acc_dev_soft": True,
     "task/acc_test_soft": True,
+    "baseline/acc_dev": True,
+    "baseline/acc_test": True,
     "interp/log_ppl": False,
     "interp/scrutability": True,
     "interp/repeat_frac": False,

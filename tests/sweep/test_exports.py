@@ -67,6 +67,13 @@ def test_pareto_plot_content():
         plot.tuner("rlprompt")
 
 
+def test_pareto_plot_no_prompt_baseline_line():
+    table = _table()
+    assert pareto_plot(table, compute_fronts(table, OBJECTIVES)).x_baseline is None
+    table["baseline/acc_dev"] = [0.55] * 3 + [0.65] * 3
+    assert pareto_plot(table, compute_fronts(table, OBJECTIVES)).x_baseline == pytest.approx(0.6)
+
+
 def test_pareto_plot_keeps_original_units_of_lower_is_better_metrics():
     table = _table()
     plot = pareto_plot(table, compute_fronts(table, ("interp/log_ppl", "task/acc_dev")))
