@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
+    if os.environ.get("RAY_ADDRESS") and not (args.out and Path(args.out).is_absolute()):
+        logger.warning(
+            "--out %r is relative on a cluster: under `ray job submit` that is the job's temporary working "
+            "directory, deleted with the job. Pass an absolute --out on storage you keep.",
+            args.out or f"runs/{config.name}",
+        )
     out = Path(args.out or Path("runs") / config.name).resolve()
     try:
         run_sweep(config, out)
