@@ -6,6 +6,7 @@ of the user; the Makefile runs them in a pytest session of their own (``-m clust
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -56,9 +57,14 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+_WORKER_PORT_BLOCKS = itertools.count()
+
+
 def _node_ports() -> list[str]:
     (node, obj, client, agent, agent_grpc, metrics, runtime_env) = _free_ports(7)
-    base = 20000 + (node % 20000)
+    # Worker ports come from a band below Linux's ephemeral range (32768+), where the ports above are
+    # drawn, so the two can never collide; each node of a session gets its own block.
+    base = 11000 + 400 * next(_WORKER_PORT_BLOCKS)
     return [
         f"--node-manager-port={node}",
         f"--object-manager-port={obj}",
