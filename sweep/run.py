@@ -134,7 +134,7 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
             grid = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=MultiTunerSearch(searchers, num_samples=config.num_samples),
+                    search_alg=MultiTunerSearch(searchers, weights=config.search, num_samples=config.num_samples),
                     num_samples=config.num_samples * len(config.tuners),
                     max_concurrent_trials=config.max_concurrent,
                     # Trials share an actor process one after another, so the model and data loaded by the

@@ -80,17 +80,31 @@ class MultiTunerSearch(Searcher):
     Suggestions come from the tuners' searchers in turn (those with samples left), as
     ``{"tuner": name, "params": {...}}``; results go back to the searcher that made the suggestion. One run
     instead of one per tuner keeps the cluster busy across tuners and lets Ray reuse the trial actors.
+
+    A trial is deterministic for its configuration (tuners are seeded), so a suggestion whose effective
+    weights were already measured is not run again: its study is told the known result at once and asked
+    for another. Without this, a sampler that likes the unregularised end (every switch off) spends half
+    a sweep re-running one configuration.
     """
 
-    def __init__(self, searchers: Mapping[str, Any], *, num_samples: int) -> None:
+    MAX_REDRAWS = 25
+
+    def __init__(self, searchers: Mapping[str, Any], *, weights: Mapping[str, Sequence[str]], num_samples: int) -> None:
         super().__init__(metric=None, mode=None)
         self._searchers = dict(searchers)
+        self._weights = {name: tuple(weights.get(name, ())) for name in self._searchers}
         self._left = {name: num_samples for name in self._searchers}
-        self._owner: dict[str, str] = {}
+        # Tune trial id -> (tuner, effective-weights key, the id its study knows the trial by)
+        self._owner: dict[str, tuple[str, tuple, str]] = {}
+        self._known: dict[tuple, dict] = {}
         self._turn = 0
+        self._redraws = 0
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # every inner searcher was built with its own objectives and space
+
+    def _key(self, name: str, params: Mapping[str, Any]) -> tuple:
+        return (name, tuple(sorted(weights_from_params(params, self._weights[name]).items())))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         names = list(self._searchers)
@@ -98,7 +112,7 @@ class MultiTunerSearch(Searcher):
             name = names[(self._turn + offset) % len(names)]
             if self._left[name] <= 0:
                 continue
-            params = self._searchers[name].suggest(trial_id)
+            params, probe = self._suggest_new(name, trial_id)
             if params == self.FINISHED:
                 self._left[name] = 0
                 continue
@@ -106,17 +120,36 @@ class MultiTunerSearch(Searcher):
                 continue
             self._turn = (self._turn + offset + 1) % len(names)
             self._left[name] -= 1
-            self._owner[trial_id] = name
+            self._owner[trial_id] = (name, self._key(name, params), probe)
             return {"tuner": name, "params": params}
         return self.FINISHED if all(v <= 0 for v in self._left.values()) else None
 
+    def _suggest_new(self, name: str, trial_id: str) -> tuple[dict | str | None, str]:
+        """A suggestion of tuner ``name`` not measured yet, and the id its searcher knows it by."""
+        searcher = self._searchers[name]
+        for attempt in range(self.MAX_REDRAWS):
+            probe = trial_id if attempt == 0 else f"{trial_id}-redraw{attempt}"
+            params = searcher.suggest(probe)
+            if not isinstance(params, dict):
+                return params, probe
+            known = self._known.get(self._key(name, params))
+            if known is None:
+                return params, probe
+            searcher.on_trial_complete(probe, result=known)
+            self._redraws += 1
+        return params, probe  # the sampler insists; measuring it again costs time, not correctness
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._owner:
-            self._searchers[self._owner[trial_id]].on_trial_result(trial_id, result)
+            name, _, probe = self._owner[trial_id]
+            self._searchers[name].on_trial_result(probe, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._owner:
-            self._searchers[self._owner.pop(trial_id)].on_trial_complete(trial_id, result=result, error=error)
+            name, key, probe = self._owner.pop(trial_id)
+            if result and not error:
+                self._known[key] = dict(result)
+            self._searchers[name].on_trial_complete(probe, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
