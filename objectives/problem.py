@@ -106,8 +106,9 @@ def _build(config: ProblemConfig) -> Problem:
             task.texts(split),
             template=config.template,
             verbalizer_ids=ids,
-            # The test split is scored once at the end; holding its keys/values would cost memory for nothing.
-            use_cache=config.use_cache and split != "test",
+            # Every split's keys/values stay resident while they fit the scorer's memory budget: trials that
+            # share a worker process (and so this problem) then score the test split on prompt positions only.
+            use_cache=config.use_cache,
             chunk_size=config.eval_chunk,
         )
         for split in SPLITS

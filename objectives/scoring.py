@@ -69,10 +69,11 @@ class PromptScorer:
         texts: the split's input texts ``x``.
         template: ``suffix`` or ``prefix``.
         verbalizer_ids: one token id per class, ``(C,)``.
-        use_cache: keep the frozen keys/values of every ``x`` resident (``suffix`` only). Meant for the
-            small splits used at every step (train, dev); a large test split streams instead: its cache is
-            built chunk by chunk inside each call, which costs the same as an uncached pass once.
+        use_cache: keep the frozen keys/values of every ``x`` resident (``suffix`` only), as long as they
+            fit in ``cache_budget_bytes``. A split over budget streams instead: its cache is built chunk by
+            chunk inside each call, which costs the same as an uncached pass once.
         chunk_size: examples per forward pass, bounding memory.
+        cache_budget_bytes: the most memory a resident cache may take.
     """
 
     def __init__(
@@ -84,6 +85,7 @@ class PromptScorer:
         verbalizer_ids: Sequence[int],
         use_cache: bool = True,
         chunk_size: int = 64,
+        cache_budget_bytes: float = 512e6,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r} is not one of {TEMPLATES}")
@@ -95,15 +97,27 @@ class PromptScorer:
         if template == "prefix":
             texts = [" " + t.strip() + PREFIX_TAIL for t in texts]
         self._inputs = _encode(lm, texts)
-        self.cached = use_cache and template == "suffix"
+        self.cached = use_cache and template == "suffix" and self.cache_bytes() <= cache_budget_bytes
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # The pass that builds the cache also ends at each x's last token: the no-prompt logits come free.
+        self._empty: torch.Tensor | None = None
         if self.cached:
-            self._kv = self._input_cache(torch.arange(self.n, device=lm.device))
+            self._kv = self._input_cache(torch.arange(self.n, device=lm.device), keep_empty=True)
+
+    def cache_bytes(self) -> int:
+        """Memory a resident key/value cache of this split takes (padded width, model dtype)."""
+        config = self.lm.model.config.get_text_config()
+        heads = config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        itemsize = 2 if self.lm.device.type == "cuda" else self.lm.embeddings.element_size()
+        return int(self._inputs.ids.numel()) * config.num_hidden_layers * 2 * kv_heads * head_dim * itemsize
 
     @torch.no_grad()
-    def _input_cache(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _input_cache(self, rows: torch.Tensor, keep_empty: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer keys and values ``(rows, heads, T, head_dim)`` of the frozen LM over ``x``."""
         kv: list[list[torch.Tensor]] = []
+        empty = []
         for start in range(0, len(rows), self.chunk_size):
             sel = rows[start : start + self.chunk_size]
             with self.lm.autocast():
@@ -113,6 +127,9 @@ class PromptScorer:
                     position_ids=self._positions(sel),
                     use_cache=True,
                 )
+            if keep_empty:
+                last = self._inputs.lengths[sel] - 1
+                empty.append(self._verbalize(out.last_hidden_state[torch.arange(len(sel)), last]))
             layers = [(k, v) for k, v, *_ in out.cache]
             if not kv:
                 kv = [[k, v] for k, v in layers]
@@ -120,6 +137,8 @@ class PromptScorer:
                 for acc, (k, v) in zip(kv, layers, strict=True):
                     acc[0] = torch.cat([acc[0], k])
                     acc[1] = torch.cat([acc[1], v])
+        if keep_empty:
+            self._empty = torch.cat(empty)
         return [(k, v) for k, v in kv]
 
     def _positions(self, rows: torch.Tensor) -> torch.Tensor:
@@ -225,6 +244,8 @@ class PromptScorer:
 
         Returns ``(N, C)`` for every example of the split.
         """
+        if self._empty is not None:
+            return self._empty
         out = []
         for start in range(0, self.n, self.chunk_size):
             rows = torch.arange(start, min(start + self.chunk_size, self.n), device=self.lm.device)

@@ -111,6 +111,17 @@ def test_streamed_cache_equals_resident_cache(lm):
     streamed = PromptScorer(lm, TEXTS, use_cache=False, **kwargs)
     _, soft = _prompt(lm)
     torch.testing.assert_close(resident.logits(soft), streamed.logits(soft), atol=1e-5, rtol=1e-4)
+    # The resident cache's pass also gives the no-prompt logits; the streamed scorer computes them anew.
+    torch.testing.assert_close(resident.empty_prompt_logits(), streamed.empty_prompt_logits(), atol=1e-5, rtol=1e-4)
+
+
+def test_cache_over_budget_streams(lm):
+    kwargs = dict(template="suffix", verbalizer_ids=_verbalizer(lm))
+    scorer = PromptScorer(lm, TEXTS, use_cache=True, cache_budget_bytes=0, **kwargs)
+    assert not scorer.cached and scorer.cache_bytes() > 0
+    kv = PromptScorer(lm, TEXTS, use_cache=True, **kwargs)._kv
+    assert kv is not None
+    assert scorer.cache_bytes() == sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
 
 
 def test_full_vocab_logits_cover_prompt_positions(lm):
