@@ -133,11 +133,17 @@ def test_too_many_gpus_fails_in_seconds_naming_both_numbers(local_ray, tmp_path)
         ({"sampler": "cmaes"}, "sampler='cmaes' is not one of"),
         ({"objectives": ["task/acc_dev"]}, "at least 2 metrics"),
         ({"gpus_per_trial": 1.5}, "whole number"),
+        ({"search.pzz.lambda_ppl": [0.1, 1]}, "unknown tuner 'pzz'. Did you mean 'pez'?"),
     ],
 )
 def test_bad_sweep_config_is_a_clear_error(overrides, message):
     with pytest.raises((ConfigError, KeyError), match=message.replace("(", r"\(").replace("?", r"\?")):
         load_sweep_config("smoke", config_file=None, overrides=overrides)
+
+
+def test_a_subset_of_the_presets_tuners():
+    config = load_sweep_config("smoke", config_file=None, overrides={"tuners": ["pez"]})
+    assert config.tuners == ("pez",) and "soft" in config.search
 
 
 def test_unknown_preset_and_yaml_config(tmp_path):
