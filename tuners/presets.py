@@ -24,6 +24,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "pez": {"steps": 4, "batch_size": 8, "eval_every": 2},
         "soft": {"steps": 4, "batch_size": 8, "eval_every": 2},
+        # A large lr so that a single step visibly moves the near-zero-initialised policy (seeds then differ).
+        "rlprompt": {
+            "policy_model": "tiny-gpt2",
+            "steps": 4,
+            "prompts_per_step": 4,
+            "batch_size": 8,
+            "lr": 0.1,
+            "mlp_hidden": 256,
+            "eval_every": 2,
+        },
     },
     # A real pretrained LM (SmolLM2-135M) on real reviews, sized for a 2-core CPU.
     "demo": {
@@ -34,8 +44,18 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "n_test": 200,
             "prompt_len": 5,
         },
-        "pez": {"steps": 60, "batch_size": 16, "lr": 0.1, "eval_every": 10},
+        "pez": {"steps": 60, "batch_size": 16, "lr": 0.03, "eval_every": 10},
         "soft": {"steps": 60, "batch_size": 16, "lr": 0.01, "eval_every": 10},
+        # Policy and task LM share SmolLM2. A reward evaluation costs prompts x examples x L positions, so
+        # the step is kept small and the lr raised to learn within a few hundred steps instead of 12,000.
+        "rlprompt": {
+            "policy_model": "smollm2-135m",
+            "steps": 150,
+            "prompts_per_step": 8,
+            "batch_size": 16,
+            "lr": 0.001,
+            "eval_every": 10,
+        },
     },
     # The originals' setting: GPT-2 on the LM-BFF SST-2 16-shot splits (hub access and a GPU expected).
     "paper": {
@@ -46,8 +66,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "n_test": None,
             "prompt_len": 5,
         },
-        "pez": {"steps": 1000, "batch_size": 32, "lr": 0.3, "eval_every": 50},
+        "pez": {"steps": 1000, "batch_size": 32, "lr": 0.03, "eval_every": 50},
         "soft": {"steps": 1000, "batch_size": 32, "lr": 0.3, "eval_every": 50},
+        # The original's few-shot classification run: distilgpt2 policy, 12,000 steps of 16 prompts each
+        # rewarded on all 32 training examples.
+        "rlprompt": {
+            "policy_model": "distilgpt2",
+            "steps": 12000,
+            "prompts_per_step": 16,
+            "batch_size": 32,
+            "lr": 5e-5,
+            "top_k": 256,
+            "eval_every": 10,
+        },
     },
 }
 

@@ -1,0 +1,300 @@
+"""The RLPrompt training run: on-policy soft Q-learning of the policy MLP, with checkpoints.
+
+One step (as the original's ``SQLModule`` on-policy mode):
+
+1. Polyak-update the target MLP towards the online one.
+2. Sample ``prompts_per_step`` prompts from the policy (top-k).
+3. Reward them: the gap reward of every prompt on the step's training examples, all in one batched
+   ``PromptScorer.logits`` call over the frozen input cache, minus ``lambda_ppl · log_ppl``; z-scored across
+   the prompts, then shaped.
+4. SQL loss (single-step + path consistency) of the online Q-values against the target's; Adam step with
+   the gradient norm clipped.
+
+Every ``eval_every`` steps the greedy prompt is scored on dev and kept if it is the best so far (accuracy,
+then lower cross-entropy). ``RLPrompt.state_dict`` holds everything a resumed run needs to continue to the
+same result as an uninterrupted one: both MLPs, the optimiser, the step, the RNG and the best prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from objectives.evaluation import evaluate, log_ppl
+from objectives.metrics import accuracy, task_ce
+from objectives.models import LanguageModel, load_lm
+from objectives.problem import ConfigError, build_problem
+from tuners.base import PromptResult, Reporter, config_dict
+from tuners.rlprompt.config import RLPromptConfig
+from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, start_token_id
+from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_rewards
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "rlprompt_last.pt"
+STATE_VERSION = 1
+# Fields a resumed run may change: where and how often it saves, how long it runs, where it runs.
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_dir", "checkpoint_every", "device"})
+
+
+@dataclass
+class _Best:
+    acc: float = -1.0
+    ce: float = float("inf")
+    step: int = 0
+    ids: list[int] | None = None
+
+
+class RLPrompt:
+    """One RLPrompt run for ``config``: policy MLP, target MLP, Adam, RNG, best prompt and history.
+
+    ``train()`` runs it to ``config.steps`` (optionally from a checkpoint) and returns the ``PromptResult``;
+    ``state_dict()``/``load_state_dict()`` capture and restore it exactly.
+    """
+
+    name = "rlprompt"
+
+    def __init__(self, config: RLPromptConfig) -> None:
+        self.config = config
+        self.problem = build_problem(config)
+        task_lm = self.problem.lm
+        policy_lm = load_lm(config.policy_model, config.device)
+        n_actions = _shared_vocabulary(config, task_lm, policy_lm)
+        self.policy = PromptPolicy(
+            policy_lm,
+            task_lm,
+            start_id=start_token_id(task_lm.tokenizer),
+            n_actions=n_actions,
+            fluent_top_k=config.fluent_top_k if config.fluent else None,
+        )
+        # One generator for everything random in the run (MLP init, example batches, sampled tokens), so its
+        # state in a checkpoint is the whole of the run's randomness.
+        self.generator = torch.Generator().manual_seed(config.seed)
+        d_model = int(policy_lm.embeddings.shape[1])
+        self.mlp = PolicyMLP(d_model, config.mlp_hidden, generator=self.generator).to(policy_lm.device)
+        self.target = copy.deepcopy(self.mlp).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=config.lr)
+        self.step = 0
+        self.best = _Best()
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.elapsed_s = 0.0
+
+    # --- one step ---------------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        """One soft Q-learning step; returns its training metrics."""
+        config = self.config
+        polyak_update(self.target, self.mlp, config.polyak)
+        rollout = self.policy.decode(
+            self.mlp, config.prompts_per_step, config.prompt_len, top_k=config.top_k, generator=self.generator
+        )
+        raw, gap, acc, nll = self._rewards(rollout.ids, self._train_rows())
+        rewards = shaped_rewards(
+            raw,
+            old_min=config.shaping_old_min,
+            old_max=config.shaping_old_max,
+            new_min=config.shaping_new_min,
+            new_max=config.shaping_new_max,
+        )
+        q = self.policy.q_values(self.mlp, rollout)
+        with torch.no_grad():
+            q_target = self.policy.q_values(self.target, rollout)
+        loss = sql_loss(q, q_target, rollout.ids, rewards)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.mlp.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {
+            "train/reward": float(raw.mean()),
+            "train/reward_max": float(raw.max()),
+            "train/gap_reward": float(gap.mean()),
+            "train/acc": float(acc.mean()),
+            "train/log_ppl": float(nll.mean()),
+            "train/loss": float(loss.detach()),
+        }
+
+    def _train_rows(self) -> torch.Tensor:
+        """The step's training examples: all of them, or a random ``batch_size`` subset."""
+        n_train = len(self.problem.labels["train"])
+        if self.config.batch_size >= n_train:
+            rows = torch.arange(n_train)
+        else:
+            rows = torch.randperm(n_train, generator=self.generator)[: self.config.batch_size]
+        return rows.to(self.problem.lm.device)
+
+    @torch.no_grad()
+    def _rewards(
+        self, ids: torch.Tensor, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw rewards of prompts ``(P, L)`` on examples ``(B,)``, and their parts: each ``(P,)``.
+
+        Returns ``(reward, gap_reward, accuracy, log_ppl)``; ``reward`` is what gets z-scored.
+        """
+        problem, config = self.problem, self.config
+        prompts = problem.lm.embeddings[ids].float()
+        # Every prompt × every example in one call: the scorer runs only the L prompt positions of each
+        # pair against the cached keys/values of the examples.
+        logits = problem.scorers["train"].logits(prompts, rows)
+        labels = problem.labels["train"][rows]
+        nll = log_ppl(problem, ids)
+        coefs = {"correct_coef": config.reward_correct, "incorrect_coef": config.reward_incorrect}
+        gap = task_rewards(logits, labels, **coefs)
+        reward = task_rewards(logits, labels, nll, lambda_ppl=config.lambda_ppl, **coefs)
+        return reward, gap, accuracy(logits, labels), nll
+
+    # --- evaluation -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def greedy_prompt(self) -> torch.Tensor:
+        """The policy's greedy prompt ``(L,)``."""
+        return self.policy.decode(self.mlp, 1, self.config.prompt_len).ids[0]
+
+    @torch.no_grad()
+    def evaluate_dev(self) -> dict[str, float]:
+        """Score the greedy prompt on dev and keep it if it beats the best so far (accuracy, then lower ce)."""
+        ids = self.greedy_prompt()
+        logits = self.problem.scorers["dev"].logits(self.problem.lm.embeddings[ids].float())
+        labels = self.problem.labels["dev"]
+        acc, ce = float(accuracy(logits, labels)), float(task_ce(logits, labels))
+        if acc > self.best.acc or (acc == self.best.acc and ce < self.best.ce):
+            self.best = _Best(acc=acc, ce=ce, step=self.step, ids=ids.tolist())
+        return {"dev/acc": acc, "dev/ce": ce, "dev/best_acc": self.best.acc}
+
+    # --- the run ----------------------------------------------------------------------------------------
+
+    def train(self, *, report: Reporter | None = None, resume_from: str | Path | None = None) -> PromptResult:
+        """Train to ``config.steps`` and return the result; ``resume_from`` is a checkpoint file or folder."""
+        config = self.config
+        if resume_from is not None:
+            self.load(resume_from)
+            logger.info("resumed rlprompt from %s at step %d", resume_from, self.step)
+        logger.info("rlprompt config: %s", config_dict(config))
+        started = time.perf_counter()
+        elapsed_before = self.elapsed_s
+        for step in range(self.step + 1, config.steps + 1):
+            metrics = self.train_step()
+            due = step % config.eval_every == 0 or step == config.steps
+            if due:
+                metrics = {**metrics, **self.evaluate_dev()}
+                self.history.append((step, metrics))
+                logger.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            self.elapsed_s = elapsed_before + time.perf_counter() - started
+            # Saved before reporting: a report that stops the run (a scheduler, Ctrl-C) loses nothing.
+            if config.checkpoint_every and step % config.checkpoint_every == 0:
+                assert config.checkpoint_dir is not None  # checked by RLPromptConfig
+                self.save(Path(config.checkpoint_dir) / CHECKPOINT_NAME)
+            if due and report is not None:
+                report(step, metrics)
+        if self.best.ids is None:  # resumed at or past the end without an evaluation: score the policy now
+            self.evaluate_dev()
+        return self.result(wall_s=elapsed_before + time.perf_counter() - started)
+
+    def result(self, *, wall_s: float) -> PromptResult:
+        """The ``PromptResult`` of the best prompt so far, with the final metrics of ``evaluate``."""
+        assert self.best.ids is not None, "no prompt has been evaluated yet"
+        ids = torch.tensor(self.best.ids, device=self.problem.lm.device)
+        return PromptResult(
+            tuner=self.name,
+            prompt_text=self.problem.lm.tokenizer.decode(self.best.ids),
+            prompt_ids=list(self.best.ids),
+            metrics=evaluate(self.problem, ids),
+            steps=self.step,
+            seed=self.config.seed,
+            wall_s=wall_s,
+            config=config_dict(self.config),
+            history=list(self.history),
+        )
+
+    # --- checkpoints ------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: MLPs, optimiser, step, RNG, best prompt, history."""
+        return {
+            "version": STATE_VERSION,
+            "config": config_dict(self.config),
+            "step": self.step,
+            "mlp": self.mlp.state_dict(),
+            "target_mlp": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "best": {"acc": self.best.acc, "ce": self.best.ce, "step": self.best.step, "ids": self.best.ids},
+            "history": [[step, dict(metrics)] for step, metrics in self.history],
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict`` written by a run of the same configuration (``steps`` may differ)."""
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"checkpoint version {state.get('version')!r} is not {STATE_VERSION}; cannot resume")
+        ours = config_dict(self.config)
+        for key in sorted(set(ours) | set(state["config"])):
+            if key in RESUMABLE_CHANGES:
+                continue
+            theirs = state["config"].get(key)
+            if theirs != ours.get(key):
+                raise ConfigError(
+                    f"the checkpoint was written with {key}={theirs!r} but this run has {key}={ours.get(key)!r}; "
+                    "resume with the configuration the checkpoint was written with"
+                )
+        self.mlp.load_state_dict(state["mlp"])
+        self.target.load_state_dict(state["target_mlp"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step = int(state["step"])
+        best = state["best"]
+        self.best = _Best(acc=float(best["acc"]), ce=float(best["ce"]), step=int(best["step"]), ids=best["ids"])
+        self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
+        self.elapsed_s = float(state["elapsed_s"])
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``state_dict()`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(self.state_dict(), handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        logger.info("saved rlprompt checkpoint at step %d to %s", self.step, path)
+        return path
+
+    def load(self, path: str | Path) -> None:
+        """``load_state_dict`` from a file written by ``save``, or from the checkpoint inside a folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CHECKPOINT_NAME
+        if not path.is_file():
+            raise ConfigError(f"resume_from={str(path)!r}: no such checkpoint file")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _shared_vocabulary(config: RLPromptConfig, task_lm: LanguageModel, policy_lm: LanguageModel) -> int:
+    """The number of token ids both LMs share; an error unless their tokenizers are the same.
+
+    The policy's tokens go straight into the task LM as ids, so the two must mean the same by every id.
+    """
+    if policy_lm is task_lm:
+        return min(len(task_lm.tokenizer), task_lm.vocab_size)
+    ours, theirs = policy_lm.tokenizer.get_vocab(), task_lm.tokenizer.get_vocab()
+    if ours != theirs:
+        differ = sum(1 for tok, i in ours.items() if theirs.get(tok) != i)
+        raise ConfigError(
+            f"policy_model={config.policy_model!r} ({len(ours)} tokens) and model={config.model!r} "
+            f"({len(theirs)} tokens) have different vocabularies ({differ} tokens differ): RLPrompt feeds the "
+            "policy's token ids to the task LM, so choose a policy_model with the task LM's tokenizer"
+        )
+    return min(len(task_lm.tokenizer), task_lm.vocab_size, policy_lm.vocab_size)
