@@ -16,14 +16,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": {
         "name": "smoke",
         "preset": "smoke",
-        "tuners": ["pez", "soft"],
-        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS)},
+        "tuners": ["pez", "soft", "rlprompt"],
+        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS), "rlprompt": {"lambda_ppl": [0.01, 10.0]}},
         "num_samples": 4,
         "max_concurrent": 2,
         "cpus_per_trial": 1,
         "ray_num_cpus": 2,
     },
     # Real SmolLM2-135M on real reviews: a real accuracy/scrutability trade-off in under 10 minutes on 2 cores.
+    # PEZ only: one RLPrompt run at demo size takes 15-25 minutes on 2 cores by itself.
     "demo": {
         "name": "demo",
         "preset": "demo",
@@ -38,8 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "name": "paper",
         "preset": "paper",
-        "tuners": ["pez", "soft"],
-        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS)},
+        "tuners": ["pez", "soft", "rlprompt"],
+        "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS), "rlprompt": {"lambda_ppl": [0.01, 10.0]}},
         "num_samples": 32,
         "max_concurrent": 16,
         "cpus_per_trial": 2,

@@ -22,7 +22,16 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMOKE_FAST = ["--set", "num_samples=2", "--set", "tuner_config.pez.steps=2", "--set", "tuner_config.soft.steps=2"]
+SMOKE_FAST = [
+    "--set",
+    "tuners=[pez, soft]",
+    "--set",
+    "num_samples=2",
+    "--set",
+    "tuner_config.pez.steps=2",
+    "--set",
+    "tuner_config.soft.steps=2",
+]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -200,6 +209,8 @@ def test_two_node_cluster_spreads_fractional_gpu_trials(cluster, tmp_path):
             "max_concurrent=4",
             "--set",
             "tuner_config.pez.steps=2",
+            "--set",
+            "tuners=[pez, soft]",
             "--set",
             "tuner_config.soft.steps=2",
         ],

@@ -13,6 +13,7 @@ import pytest
 from objectives.problem import ConfigError
 from sweep.config import load_sweep_config
 
+TUNERS = ("pez", "soft", "rlprompt")
 CONTRACT = ("trials.parquet", "pareto.pdf", "pareto.svg", "pareto.png", "front.tex", "sweep.json")
 
 
@@ -53,14 +54,14 @@ def test_writes_every_file_of_the_contract(smoke_sweep):
     assert (out / "pareto.pdf").read_bytes().startswith(b"%PDF")
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["experiment"] == "smoke" and saved["tracking_uri"].startswith("sqlite:///")
-    assert saved["config"]["tuners"] == ["pez", "soft"] and saved["status"] == "FINISHED"
-    assert saved["trials_finished"] == 6
+    assert saved["config"]["tuners"] == list(TUNERS) and saved["status"] == "FINISHED"
+    assert saved["trials_finished"] == 9
 
 
 def test_trials_table_columns_and_front(smoke_sweep):
     out, _, config, _ = smoke_sweep
     table = pq.read_table(out / "trials.parquet").to_pandas()
-    assert len(table) == 6 and sorted(table["tuner"].unique()) == ["pez", "soft"]
+    assert len(table) == 9 and sorted(table["tuner"].unique()) == sorted(TUNERS)
     for column in (
         "param/lambda_ppl",
         "param/lambda_dist",
@@ -74,8 +75,10 @@ def test_trials_table_columns_and_front(smoke_sweep):
         "mlflow_run_id",
     ):
         assert column in table.columns, column
-    # The all-zero (unregularised) configuration is evaluated first for each tuner.
-    assert ((table["param/lambda_ppl"] == 0) & (table["param/lambda_dist"] == 0)).groupby(table["tuner"]).any().all()
+    # The all-zero (unregularised) configuration is evaluated for each tuner; rlprompt has no lambda_dist.
+    unregularised = (table["param/lambda_ppl"] == 0) & (table["param/lambda_dist"].fillna(0) == 0)
+    assert unregularised.groupby(table["tuner"]).any().all()
+    assert table.loc[table["tuner"] == "rlprompt", "param/lambda_dist"].isna().all()
     values = table[["task/acc_dev", "interp/scrutability"]].to_numpy()  # both maximised
     for tuner, rows in table.groupby("tuner"):
         expected = _brute_force_front(values[rows.index])
@@ -91,8 +94,8 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(smoke_sweep):
     runs = mlflow.search_runs(experiment_names=["smoke"])
     parents = runs[runs["tags.promptsweep.role"] == "parent"]
     children = runs[runs["tags.mlflow.parentRunId"] == summary["parent_run_id"]]
-    assert len(parents) == 1 and len(children) == 6
-    assert set(children["tags.tuner"]) == {"pez", "soft"}
+    assert len(parents) == 1 and len(children) == 9
+    assert set(children["tags.tuner"]) == set(TUNERS)
     assert (children["status"] == "FINISHED").all()
     assert children["tags.ray.node_id"].notna().all()
     child = children.iloc[0]
