@@ -21,26 +21,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _common import bench_lm, bench_task
 
-from objectives.models import LanguageModel, load_lm, load_tokenizer
 from objectives.scoring import PromptScorer
-from objectives.tasks import load_task, verbalizer_ids
+from objectives.tasks import verbalizer_ids
 from tuners.rlprompt.sql import shaped_rewards, task_rewards
-
-SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fewshot" / "sst-2" / "16-100"
-
-
-def gpt2_small_random() -> LanguageModel:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config()).eval().requires_grad_(False)
-    return LanguageModel(
-        spec="gpt2-shaped", model=model, tokenizer=load_tokenizer("gpt2-tokenizer"), device=torch.device("cpu")
-    )
 
 
 def main() -> None:
@@ -53,11 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    lm = gpt2_small_random() if args.model == "gpt2-shaped" else load_lm(args.model, device="cpu")
-    if SST2.is_dir():
-        task, source = load_task(str(SST2), num_classes=2, n_test=1), "SST-2 16-shot (16-100)"
-    else:
-        task, source = load_task("rotten-tomatoes", num_classes=2, k_shot=16, n_test=1), "Rotten Tomatoes k=16"
+    lm = bench_lm(args.model)
+    task, source = bench_task()
     texts, labels = task.texts("train"), torch.tensor(task.labels("train"))
     vids = verbalizer_ids(lm.tokenizer, [" terrible", " great"])
     start = time.perf_counter()

@@ -54,6 +54,34 @@ def tiny_lm():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random Llama (rotary positions, grouped-query attention) with the GPT-2 tokenizer, as a folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from objectives.models import load_tokenizer
+
+    tok = load_tokenizer("gpt2-tokenizer")
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def local_ray():
     """One embedded Ray on loopback for the whole session (starting Ray costs seconds)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -16,31 +16,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory):
-    """A tiny random Llama (rotary positions, grouped-query attention) saved as a Hugging Face folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from objectives.models import load_tokenizer
-
-    tok = load_tokenizer("gpt2-tokenizer")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
 def lm(request, tiny_lm, tiny_llama_dir):
     return tiny_lm if request.param == "gpt2" else load_lm(tiny_llama_dir, device="cpu")

@@ -183,28 +183,11 @@ def test_sampling_stays_in_the_policy_top_k_and_greedy_is_argmax(tiny_lm):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    """A tiny random Llama with the GPT-2 tokenizer: a policy LM distinct from the task LM, same vocabulary."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama(tiny_llama_dir):
+    """A policy LM distinct from the task LM, with the same vocabulary."""
+    from objectives.models import load_lm
 
-    from objectives.models import load_lm, load_tokenizer
-
-    tok = load_tokenizer("gpt2-tokenizer")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("rl-tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return load_lm(str(folder), device="cpu")
+    return load_lm(tiny_llama_dir, device="cpu")
 
 
 def _task_lm_top_k(task_lm, ids, k):
