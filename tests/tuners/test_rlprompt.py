@@ -226,8 +226,10 @@ def test_reward_is_one_batched_call_over_all_prompts_and_examples(task_dir, monk
     calls = []
     original = scorer.logits
     monkeypatch.setattr(scorer, "logits", lambda prompt, rows=None, **kw: calls.append(rows) or original(prompt, rows))
-    run.train_step()
+    metrics = run.train_step()
     assert len(calls) == 1 and calls[0].shape == (6,)
+    assert {"train/reward", "train/loss", "train/distinct"} <= set(metrics)
+    assert 0.25 <= metrics["train/distinct"] <= 1.0
 
     ids = torch.tensor([[11, 22, 33], [44, 55, 66]])
     rows = torch.tensor([0, 3, 5])

@@ -122,6 +122,9 @@ class RLPrompt:
             "train/acc": float(acc.mean()),
             "train/log_ppl": float(nll.mean()),
             "train/loss": float(loss.detach()),
+            # Share of distinct prompts among the step's samples: near 1/P the policy has collapsed onto one
+            # prompt, z-scored rewards are all 0 and learning stops.
+            "train/distinct": len(torch.unique(rollout.ids, dim=0)) / len(rollout.ids),
         }
 
     def _train_rows(self) -> torch.Tensor:
