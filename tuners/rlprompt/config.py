@@ -31,10 +31,16 @@ class RLPromptConfig(ProblemConfig):
     mlp_hidden: int = field(default=2048, metadata={"help": "hidden width of the policy MLP (hidden→this→hidden)"})
     reward_correct: float = field(default=200.0, metadata={"help": "gap-reward coefficient when the label wins"})
     reward_incorrect: float = field(default=180.0, metadata={"help": "gap-reward coefficient when it does not"})
-    shaping_old_min: float = field(default=0.0, metadata={"help": "reward shaping maps [old_min, old_max] ..."})
-    shaping_old_max: float = field(default=1.0, metadata={"help": "... (of the z-scored reward) ..."})
-    shaping_new_min: float = field(default=0.0, metadata={"help": "... onto [new_min, new_max] ..."})
-    shaping_new_max: float = field(default=5.0, metadata={"help": "... affinely, as RLPrompt's few-shot setting"})
+    shaping_old_min: float = field(
+        default=0.0, metadata={"help": "shaping: the z-scored reward old_min maps to new_min (affine, unclipped)"}
+    )
+    shaping_old_max: float = field(
+        default=1.0, metadata={"help": "shaping: the z-scored reward old_max maps to new_max"}
+    )
+    shaping_new_min: float = field(default=0.0, metadata={"help": "shaping: the shaped reward at old_min"})
+    shaping_new_max: float = field(
+        default=5.0, metadata={"help": "shaping: the shaped reward at old_max (RLPrompt few-shot: [0,1] -> [0,5])"}
+    )
     lambda_ppl: float = field(
         default=0.0, metadata={"help": "weight of interp/log_ppl subtracted from the gap reward before z-scoring"}
     )
