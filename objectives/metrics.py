@@ -83,6 +83,8 @@ for _name, _higher, _description in (
     ("faith/output", False, "mean squared gap between the LM logits under the soft and discrete prompts"),
     ("faith/perf", False, "absolute gap between the soft and discrete prompts' task accuracy"),
     ("faith/perf_ce", False, "absolute gap between the soft and discrete prompts' task cross-entropy"),
+    ("learn/acc_dev_untrained", True, "dev accuracy of the untrained policy's greedy prompt (RLPrompt)"),
+    ("learn/acc_dev_gain", True, "dev accuracy of the final greedy prompt minus the untrained one's (RLPrompt)"),
 ):
     register_metric(_name, higher_is_better=_higher, description=_description)
 del _name, _higher, _description

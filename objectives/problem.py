@@ -19,6 +19,16 @@ from objectives.scoring import TEMPLATES, PromptScorer
 from objectives.tasks import Task, load_task, verbalizer_ids
 
 SPLITS = ("train", "dev", "test")
+# How a run picks the prompt it returns, from the candidates it scored on dev during training:
+# - dev_acc: the best dev accuracy (ties: lower dev cross-entropy). What a reader expects, but on a k-shot dev
+#   split accuracy moves in steps of 1/|dev| and often picks an early checkpoint, so the λ terms the run was
+#   trained with show up only loosely in the prompt it returns.
+# - dev_objective: the best dev value of the objective the tuner trains (its λ terms included), e.g. PEZ's
+#   ce + λ_ppl·log_ppl (+ λ_dist·faith_dist), RLPrompt's gap reward − λ_ppl·log_ppl. Smooth, and consistent
+#   with what the search asked for; it trades some dev accuracy for the interpretability the λ's buy.
+# - last: the final step's prompt. No selection at all (so no selection noise), at the mercy of the last step.
+# Test data never takes part in any of them.
+SELECTIONS = ("dev_acc", "dev_objective", "last")
 
 
 class ConfigError(ValueError):
@@ -41,12 +51,20 @@ class ProblemConfig:
         default="suffix", metadata={"help": "'suffix' ({x}{prompt}) or 'prefix' ({prompt}{x} It was)"}
     )
     k_shot: int | None = field(default=16, metadata={"help": "examples per class in train and dev (None: all)"})
+    k_dev: int | None = field(
+        default=None,
+        metadata={"help": "examples per class in dev when it should differ from k_shot (a larger dev: less noise)"},
+    )
     n_test: int | None = field(default=500, metadata={"help": "test examples scored at the end (None: all)"})
     prompt_len: int = field(default=5, metadata={"help": "number of prompt token positions L"})
     seed: int = field(default=0, metadata={"help": "seeds the tuner and the k-shot sampling"})
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'"})
     use_cache: bool = field(default=True, metadata={"help": "reuse the frozen LM's keys/values of x (suffix only)"})
     eval_chunk: int = field(default=64, metadata={"help": "examples per forward pass in evaluation"})
+    select: str = field(
+        default="dev_objective",
+        metadata={"help": f"how the returned prompt is picked: {', '.join(SELECTIONS)} (see objectives/problem.py)"},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.verbalizer, list):
@@ -57,7 +75,9 @@ class ProblemConfig:
             raise ConfigError(f"prompt_len={self.prompt_len} must be >= 1 (the number of prompt tokens)")
         if len(self.verbalizer) < 2:
             raise ConfigError(f"verbalizer={self.verbalizer!r} needs one word per class, at least 2")
-        for name in ("k_shot", "n_test"):
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"select={self.select!r} is not one of {SELECTIONS}")
+        for name in ("k_shot", "k_dev", "n_test"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be >= 1, or None for all examples")
@@ -65,7 +85,10 @@ class ProblemConfig:
             raise ConfigError(f"eval_chunk={self.eval_chunk} must be >= 1")
 
     def problem_key(self) -> tuple:
-        return tuple(getattr(self, f.name) for f in dataclasses.fields(ProblemConfig) if f.name != "prompt_len")
+        """The fields that decide the built ``Problem`` (prompt length and selection do not)."""
+        return tuple(
+            getattr(self, f.name) for f in dataclasses.fields(ProblemConfig) if f.name not in ("prompt_len", "select")
+        )
 
 
 @dataclass
@@ -98,7 +121,12 @@ def _build(config: ProblemConfig) -> Problem:
     lm = load_lm(config.model, config.device)
     ids = verbalizer_ids(lm.tokenizer, config.verbalizer)
     task = load_task(
-        config.task, num_classes=len(config.verbalizer), k_shot=config.k_shot, n_test=config.n_test, seed=config.seed
+        config.task,
+        num_classes=len(config.verbalizer),
+        k_shot=config.k_shot,
+        k_dev=config.k_dev,
+        n_test=config.n_test,
+        seed=config.seed,
     )
     scorers = {
         split: PromptScorer(

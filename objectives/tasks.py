@@ -226,7 +226,8 @@ def kshot(examples: Sequence[Example], k: int, *, seed: int, num_classes: int) -
     for label, group in enumerate(by_class):
         if len(group) < k:
             raise TaskError(
-                f"class {label} has only {len(group)} examples, fewer than k={k}; lower k_shot or use a larger split"
+                f"class {label} has only {len(group)} examples, fewer than k={k}; lower k_shot (k_dev for the dev "
+                "split) or use a larger split"
             )
         chosen.extend(rng.sample(group, k))
     rng.shuffle(chosen)
@@ -251,7 +252,9 @@ def _check_labelled(examples: Sequence[Example], what: str) -> None:
         raise TaskError(f"{what} has unlabelled examples (label < 0); it cannot be used for training or dev")
 
 
-def _rotten_tomatoes_task(*, num_classes: int, k_shot: int | None, n_test: int | None, seed: int) -> Task:
+def _rotten_tomatoes_task(
+    *, num_classes: int, k_shot: int | None, k_dev: int | None, n_test: int | None, seed: int
+) -> Task:
     if num_classes != 2:
         raise TaskError(
             f"{ROTTEN_TOMATOES!r} has 2 classes (rotten, fresh), but num_classes={num_classes}; pass num_classes=2"
@@ -271,11 +274,13 @@ def _rotten_tomatoes_task(*, num_classes: int, k_shot: int | None, n_test: int |
     random.Random(_TEST_SEED).shuffle(pool)
     test, rest = pool[:n_test], pool[n_test:]
     train = kshot(rest, k_shot, seed=seed, num_classes=2)
-    dev = kshot(_without(rest, train), k_shot, seed=seed + 1, num_classes=2)
+    dev = kshot(_without(rest, train), k_dev or k_shot, seed=seed + 1, num_classes=2)
     return Task(ROTTEN_TOMATOES, tuple(train), tuple(dev), tuple(test), num_classes)
 
 
-def _hf_task(spec: str, *, num_classes: int, k_shot: int | None, n_test: int | None, seed: int) -> Task:
+def _hf_task(
+    spec: str, *, num_classes: int, k_shot: int | None, k_dev: int | None, n_test: int | None, seed: int
+) -> Task:
     parts = spec.split(":", 2)
     name, config = parts[1], (parts[2] if len(parts) == 3 else None)
     if not name or config == "":
@@ -299,7 +304,7 @@ def _hf_task(spec: str, *, num_classes: int, k_shot: int | None, n_test: int | N
     if k_shot is not None:
         train = kshot(train_pool, k_shot, seed=seed, num_classes=num_classes)
         dev_source = dev_pool if dev_pool is not None else _without(train_pool, train)
-        dev = kshot(dev_source, k_shot, seed=seed + 1, num_classes=num_classes)
+        dev = kshot(dev_source, k_dev or k_shot, seed=seed + 1, num_classes=num_classes)
     else:
         if dev_pool is None:
             why = "validation is used as test (test has no labels)" if validation else "no validation split"
@@ -308,37 +313,53 @@ def _hf_task(spec: str, *, num_classes: int, k_shot: int | None, n_test: int | N
                 "draw dev from train"
             )
         train, dev = train_pool, dev_pool
+        if k_dev is not None:
+            dev = kshot(dev, k_dev, seed=seed + 1, num_classes=num_classes)
     _check_labelled(dev, f"{spec!r} dev split")
     task_name = name if config is None else f"{name}/{config}"
     return Task(task_name, tuple(train), tuple(dev), tuple(_fixed_subset(test, n_test)), num_classes)
 
 
-def _folder_task(folder: Path, *, num_classes: int, k_shot: int | None, n_test: int | None, seed: int) -> Task:
+def _folder_task(
+    folder: Path, *, num_classes: int, k_shot: int | None, k_dev: int | None, n_test: int | None, seed: int
+) -> Task:
     train, dev, test = load_lmbff(folder, num_classes=num_classes)
     if k_shot is not None:
         train = kshot(train, k_shot, seed=seed, num_classes=num_classes)
-        dev = kshot(dev, k_shot, seed=seed, num_classes=num_classes)
+    if (k_dev or k_shot) is not None:
+        dev = kshot(dev, k_dev or k_shot, seed=seed, num_classes=num_classes)
     resolved = folder.resolve()
     name = f"{resolved.parent.name}/{resolved.name}"
     return Task(name, tuple(train), tuple(dev), tuple(_fixed_subset(test, n_test)), num_classes)
 
 
 def load_task(
-    source: str, *, num_classes: int, k_shot: int | None = None, n_test: int | None = None, seed: int = 0
+    source: str,
+    *,
+    num_classes: int,
+    k_shot: int | None = None,
+    n_test: int | None = None,
+    seed: int = 0,
+    k_dev: int | None = None,
 ) -> Task:
-    """A :class:`Task` from ``source``: ``'rotten-tomatoes'``, ``'hf:NAME[:CONFIG]'`` or an LM-BFF folder."""
+    """A :class:`Task` from ``source``: ``'rotten-tomatoes'``, ``'hf:NAME[:CONFIG]'`` or an LM-BFF folder.
+
+    ``k_shot`` examples per class are drawn for train (and for dev, unless ``k_dev`` sets dev's own size:
+    a larger dev split costs only evaluation and makes selection less noisy).
+    """
     _check_num_classes(num_classes)
-    if k_shot is not None and k_shot < 1:
-        raise TaskError(f"k_shot={k_shot} is invalid; pass k_shot >= 1 (examples per class) or None")
+    for name, value in (("k_shot", k_shot), ("k_dev", k_dev)):
+        if value is not None and value < 1:
+            raise TaskError(f"{name}={value} is invalid; pass {name} >= 1 (examples per class) or None")
     if n_test is not None and n_test < 1:
         raise TaskError(f"n_test={n_test} is invalid; pass n_test >= 1 or None for the whole test split")
     if source == ROTTEN_TOMATOES:
-        return _rotten_tomatoes_task(num_classes=num_classes, k_shot=k_shot, n_test=n_test, seed=seed)
+        return _rotten_tomatoes_task(num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
     if source.startswith("hf:"):
-        return _hf_task(source, num_classes=num_classes, k_shot=k_shot, n_test=n_test, seed=seed)
+        return _hf_task(source, num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
     folder = Path(source).expanduser()
     if folder.is_dir():
-        return _folder_task(folder, num_classes=num_classes, k_shot=k_shot, n_test=n_test, seed=seed)
+        return _folder_task(folder, num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
     looks_like_path = "/" in source or "\\" in source or source.startswith((".", "~"))
     detail = f"the path {source!r} does not exist or is not a folder; " if looks_like_path else ""
     raise TaskError(f"unknown task source {source!r}; {detail}accepted forms: {_SOURCE_FORMS}")

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from objectives.evaluation import evaluate
+from objectives.evaluation import evaluate, log_ppl
 from objectives.metrics import accuracy, faith_dist, nearest_tokens, task_ce, token_nll
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
 from objectives.scoring import prompt_logits
-from tuners.base import PromptResult, Reporter, config_dict, register
+from tuners.base import PromptResult, Reporter, Selection, config_dict, register
 
 logger = logging.getLogger(__name__)
 
@@ -65,15 +65,6 @@ class PEZConfig(ProblemConfig):
             raise ConfigError(f"dist_metric={self.dist_metric!r} is not one of {DIST_METRICS}")
 
 
-@dataclass
-class _Best:
-    acc: float = -1.0
-    ce: float = float("inf")
-    step: int = 0
-    ids: torch.Tensor | None = None
-    soft: torch.Tensor | None = None
-
-
 def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | None = None) -> PromptResult:
     """The loop PEZ and the soft baseline share. ``mode`` is ``pez`` (loss at the projection) or ``soft``."""
     start = time.perf_counter()
@@ -85,7 +76,7 @@ def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | 
     soft = embeds[init_ids].detach().clone().float().requires_grad_(True)  # P̄: (L, d_model)
     optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
     n_train = len(problem.labels["train"])
-    best = _Best()
+    best = Selection(config.select)
     history: list[tuple[int, dict[str, float]]] = []
 
     for step in range(1, config.steps + 1):
@@ -95,24 +86,25 @@ def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | 
         optimizer.step()
 
         if step % config.eval_every == 0 or step == config.steps:
-            metrics = _checkpoint_best(problem, soft, mode, step, best)
+            metrics = _offer_candidate(problem, config, soft, mode, step, best)
             metrics.update({"train/ce": ce, "train/log_ppl": nll})
             history.append((step, metrics))
             if report is not None:
                 report(step, metrics)
 
-    assert best.ids is not None and best.soft is not None
-    final = evaluate(problem, best.ids, soft=best.soft)
+    assert best.payload is not None
+    ids, kept = best.payload
+    final = evaluate(problem, ids, soft=kept)
     return PromptResult(
         tuner=name,
-        prompt_text=lm.tokenizer.decode(best.ids.tolist()),
-        prompt_ids=best.ids.tolist(),
+        prompt_text=lm.tokenizer.decode(ids.tolist()),
+        prompt_ids=ids.tolist(),
         metrics=final,
         steps=config.steps,
         seed=config.seed,
         wall_s=time.perf_counter() - start,
         config=config_dict(config),
-        soft_prompt=best.soft.cpu().tolist(),
+        soft_prompt=kept.cpu().tolist(),
         history=history,
     )
 
@@ -165,10 +157,13 @@ def _combine(config: PEZConfig, ce: torch.Tensor, nll: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def _checkpoint_best(problem: Problem, soft: torch.Tensor, mode: str, step: int, best: _Best) -> dict[str, float]:
-    """Score the current prompt on dev and keep it if it is the best so far (accuracy, then lower ce).
+def _offer_candidate(
+    problem: Problem, config: PEZConfig, soft: torch.Tensor, mode: str, step: int, best: Selection
+) -> dict[str, float]:
+    """Score the current prompt on dev and offer it to the run's ``Selection`` (``config.select``).
 
-    PEZ is selected on its discrete prompt; the soft baseline on its soft prompt (what it optimises).
+    PEZ is judged on its discrete prompt, the soft baseline on its soft prompt (what each optimises). The
+    dev objective is the training loss on dev: ``ce + λ_ppl·log_ppl`` (or the convex form) ``+ λ_dist·faith_dist``.
     """
     embeds = problem.lm.embeddings
     ids = nearest_tokens(soft, embeds)[0]
@@ -176,11 +171,13 @@ def _checkpoint_best(problem: Problem, soft: torch.Tensor, mode: str, step: int,
     logits = problem.scorers["dev"].logits(candidate)
     labels = problem.labels["dev"]
     acc = float(accuracy(logits, labels))
-    ce = float(task_ce(logits, labels))
-    if acc > best.acc or (acc == best.acc and ce < best.ce):
-        best.acc, best.ce, best.step = acc, ce, step
-        best.ids, best.soft = ids.clone(), soft.detach().clone()
-    return {"dev/acc": acc, "dev/ce": ce, "dev/best_acc": best.acc}
+    ce = task_ce(logits, labels)
+    nll = log_ppl(problem, ids[None])[0] if config.lambda_ppl > 0 else torch.zeros(())
+    objective = float(_combine(config, ce, nll))
+    if config.lambda_dist > 0:
+        objective += config.lambda_dist * float(faith_dist(soft.detach(), embeds, metric=config.dist_metric))
+    best.offer(step, acc=acc, ce=float(ce), objective=objective, payload=(ids.clone(), soft.detach().clone()))
+    return {"dev/acc": acc, "dev/ce": float(ce), "dev/objective": objective, "dev/selected_step": float(best.step)}
 
 
 class PEZ:

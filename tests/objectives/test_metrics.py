@@ -61,6 +61,8 @@ EXPECTED_DIRECTIONS = {
     "faith/output": False,
     "faith/perf": False,
     "faith/perf_ce": False,
+    "learn/acc_dev_untrained": True,
+    "learn/acc_dev_gain": True,
 }
 
 

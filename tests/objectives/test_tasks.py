@@ -169,9 +169,25 @@ def test_load_task_folder_kshot_and_fixed_test(lmbff: Path):
     assert len(load_task(str(lmbff), num_classes=2, n_test=1000).test) == 100
 
 
+def test_k_dev_sets_the_dev_size_apart_from_train(lmbff: Path):
+    task = load_task(str(lmbff), num_classes=2, k_shot=4, k_dev=10, seed=1)
+    assert Counter(task.labels("train")) == {0: 4, 1: 4}
+    assert Counter(task.labels("dev")) == {0: 10, 1: 10}
+    whole_train = load_task(str(lmbff), num_classes=2, k_dev=3)
+    assert len(whole_train.train) == 40 and Counter(whole_train.labels("dev")) == {0: 3, 1: 3}
+    with pytest.raises(TaskError, match=r"fewer than k=30; lower k_shot \(k_dev for the dev split\)"):
+        load_task(str(lmbff), num_classes=2, k_shot=4, k_dev=30)
+    rt = load_task("rotten-tomatoes", num_classes=2, k_shot=4, k_dev=50, n_test=20)
+    assert Counter(rt.labels("dev")) == {0: 50, 1: 50} and not set(rt.dev) & set(rt.train)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"k_shot": 0}, r"k_shot=0 is invalid"), ({"n_test": 0}, r"n_test=0 is invalid")],
+    [
+        ({"k_shot": 0}, r"k_shot=0 is invalid"),
+        ({"k_dev": 0}, r"k_dev=0 is invalid"),
+        ({"n_test": 0}, r"n_test=0 is invalid"),
+    ],
 )
 def test_load_task_bad_sizes(lmbff: Path, kwargs: dict[str, int], message: str):
     with pytest.raises(TaskError, match=message):

@@ -10,8 +10,11 @@ One step (as the original's ``SQLModule`` on-policy mode):
 4. SQL loss (single-step + path consistency) of the online Q-values against the target's; Adam step with
    the gradient norm clipped.
 
-Every ``eval_every`` steps the greedy prompt is scored on dev and kept if it is the best so far (accuracy,
-then lower cross-entropy). ``RLPrompt.state_dict`` holds everything a resumed run needs to continue to the
+Every ``eval_every`` steps the greedy prompt is scored on dev and offered to the run's ``Selection``
+(``config.select``; the dev objective is the negated dev reward, gap reward − λ_ppl·log_ppl). The untrained
+policy's greedy prompt is scored on dev before the first step, so a result says how much the training itself
+gained (``learn/acc_dev_gain``: final greedy prompt minus untrained greedy prompt, on dev), apart from what
+selecting among evaluations adds. ``RLPrompt.state_dict`` holds everything a resumed run needs to continue to the
 same result as an uninterrupted one: both MLPs, the optimiser, the step, the RNG and the best prompt.
 """
 
@@ -23,7 +26,6 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from objectives.evaluation import evaluate, log_ppl
 from objectives.metrics import accuracy, task_ce
 from objectives.models import LanguageModel, load_lm
 from objectives.problem import ConfigError, build_problem
-from tuners.base import PromptResult, Reporter, config_dict
+from tuners.base import PromptResult, Reporter, Selection, config_dict
 from tuners.rlprompt.config import RLPromptConfig
 from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, start_token_id
 from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_rewards
@@ -41,17 +43,9 @@ from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_re
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "rlprompt_last.pt"
-STATE_VERSION = 1
+STATE_VERSION = 2
 # Fields a resumed run may change: where and how often it saves, how long it runs, where it runs.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_dir", "checkpoint_every", "device"})
-
-
-@dataclass
-class _Best:
-    acc: float = -1.0
-    ce: float = float("inf")
-    step: int = 0
-    ids: list[int] | None = None
 
 
 class RLPrompt:
@@ -84,7 +78,10 @@ class RLPrompt:
         self.target = copy.deepcopy(self.mlp).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.mlp.parameters(), lr=config.lr)
         self.step = 0
-        self.best = _Best()
+        self.best = Selection(config.select)
+        # Dev accuracy of the untrained and of the latest greedy prompt: what training (not selection) gained.
+        self.untrained_acc: float | None = None
+        self.last_acc: float | None = None
         self.history: list[tuple[int, dict[str, float]]] = []
         self.elapsed_s = 0.0
 
@@ -164,15 +161,24 @@ class RLPrompt:
         return self.policy.decode(self.mlp, 1, self.config.prompt_len).ids[0]
 
     @torch.no_grad()
-    def evaluate_dev(self) -> dict[str, float]:
-        """Score the greedy prompt on dev and keep it if it beats the best so far (accuracy, then lower ce)."""
+    def _score_greedy(self) -> tuple[torch.Tensor, float, float, float]:
+        """The greedy prompt ``(L,)`` and its dev accuracy, cross-entropy and objective (negated reward)."""
+        problem, config = self.problem, self.config
         ids = self.greedy_prompt()
-        logits = self.problem.scorers["dev"].logits(self.problem.lm.embeddings[ids].float())
-        labels = self.problem.labels["dev"]
-        acc, ce = float(accuracy(logits, labels)), float(task_ce(logits, labels))
-        if acc > self.best.acc or (acc == self.best.acc and ce < self.best.ce):
-            self.best = _Best(acc=acc, ce=ce, step=self.step, ids=ids.tolist())
-        return {"dev/acc": acc, "dev/ce": ce, "dev/best_acc": self.best.acc}
+        logits = problem.scorers["dev"].logits(problem.lm.embeddings[ids].float())
+        labels = problem.labels["dev"]
+        coefs = {"correct_coef": config.reward_correct, "incorrect_coef": config.reward_incorrect}
+        nll = log_ppl(problem, ids[None]) if config.lambda_ppl else None
+        reward = task_rewards(logits[None], labels, nll, lambda_ppl=config.lambda_ppl, **coefs)[0]
+        return ids, float(accuracy(logits, labels)), float(task_ce(logits, labels)), -float(reward)
+
+    @torch.no_grad()
+    def evaluate_dev(self) -> dict[str, float]:
+        """Score the greedy prompt on dev and offer it to the run's ``Selection``."""
+        ids, acc, ce, objective = self._score_greedy()
+        self.last_acc = acc
+        self.best.offer(self.step, acc=acc, ce=ce, objective=objective, payload=ids.tolist())
+        return {"dev/acc": acc, "dev/ce": ce, "dev/objective": objective, "dev/selected_step": float(self.best.step)}
 
     # --- the run ----------------------------------------------------------------------------------------
 
@@ -185,6 +191,8 @@ class RLPrompt:
         logger.info("rlprompt config: %s", config_dict(config))
         started = time.perf_counter()
         elapsed_before = self.elapsed_s
+        if self.untrained_acc is None:
+            self.untrained_acc = self._score_greedy()[1]
         for step in range(self.step + 1, config.steps + 1):
             metrics = self.train_step()
             due = step % config.eval_every == 0 or step == config.steps
@@ -199,19 +207,22 @@ class RLPrompt:
                 self.save(Path(config.checkpoint_dir) / CHECKPOINT_NAME)
             if due and report is not None:
                 report(step, metrics)
-        if self.best.ids is None:  # resumed at or past the end without an evaluation: score the policy now
+        if self.best.payload is None:  # resumed at or past the end without an evaluation: score the policy now
             self.evaluate_dev()
         return self.result(wall_s=elapsed_before + time.perf_counter() - started)
 
     def result(self, *, wall_s: float) -> PromptResult:
         """The ``PromptResult`` of the best prompt so far, with the final metrics of ``evaluate``."""
-        assert self.best.ids is not None, "no prompt has been evaluated yet"
-        ids = torch.tensor(self.best.ids, device=self.problem.lm.device)
+        assert self.best.payload is not None and self.untrained_acc is not None and self.last_acc is not None
+        ids = torch.tensor(self.best.payload, device=self.problem.lm.device)
+        metrics = evaluate(self.problem, ids)
+        metrics["learn/acc_dev_untrained"] = self.untrained_acc
+        metrics["learn/acc_dev_gain"] = self.last_acc - self.untrained_acc
         return PromptResult(
             tuner=self.name,
-            prompt_text=self.problem.lm.tokenizer.decode(self.best.ids),
-            prompt_ids=list(self.best.ids),
-            metrics=evaluate(self.problem, ids),
+            prompt_text=self.problem.lm.tokenizer.decode(self.best.payload),
+            prompt_ids=list(self.best.payload),
+            metrics=metrics,
             steps=self.step,
             seed=self.config.seed,
             wall_s=wall_s,
@@ -231,7 +242,9 @@ class RLPrompt:
             "target_mlp": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "best": {"acc": self.best.acc, "ce": self.best.ce, "step": self.best.step, "ids": self.best.ids},
+            "best": self.best.state(),
+            "untrained_acc": self.untrained_acc,
+            "last_acc": self.last_acc,
             "history": [[step, dict(metrics)] for step, metrics in self.history],
             "elapsed_s": self.elapsed_s,
         }
@@ -255,8 +268,8 @@ class RLPrompt:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.step = int(state["step"])
-        best = state["best"]
-        self.best = _Best(acc=float(best["acc"]), ce=float(best["ce"]), step=int(best["step"]), ids=best["ids"])
+        self.best = Selection.from_state(state["best"])
+        self.untrained_acc, self.last_acc = state["untrained_acc"], state["last_acc"]
         self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
         self.elapsed_s = float(state["elapsed_s"])
 
