@@ -62,6 +62,26 @@ class LanguageModel:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
 
+DOCUMENT_BOUNDARY = "<|endoftext|>"
+
+
+def start_token_id(tokenizer: object) -> int:
+    """The token a prompt is generated from, as if it opened a new document.
+
+    ``<|endoftext|>`` where the vocabulary has it (GPT-2's EOS; SmolLM2's id 0, whose BOS ``<|im_start|>``
+    would make the next token a chat role), else BOS, else EOS.
+    """
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
+    if DOCUMENT_BOUNDARY in vocab:
+        return int(vocab[DOCUMENT_BOUNDARY])
+    for candidate in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(
+        f"{type(tokenizer).__name__} has neither <|endoftext|>, a BOS nor an EOS token to start prompts from"
+    )
+
+
 def select_device(requested: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given."""
     if requested == "auto":

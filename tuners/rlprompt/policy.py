@@ -1,7 +1,8 @@
 """RLPrompt's policy: a frozen causal LM with a small trainable MLP between its last hidden state and its head.
 
-The policy writes a prompt token by token from a start token (the tokenizer's BOS, else its EOS, as
-RLPrompt's ``<|endoftext|>`` source). Its logits are the soft Q-values of the next token:
+The policy writes a prompt token by token from a start token (``objectives.models.start_token_id``: the
+document boundary ``<|endoftext|>`` where the vocabulary has one, as RLPrompt's source, else BOS, else EOS).
+Its logits are the soft Q-values of the next token:
 
     Q(s, ·) = head(h + mlp(h)) - logsumexp(head(h))  =  log p_LM(· | s) + W·mlp(h)
 
@@ -29,7 +30,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from objectives.models import LanguageModel
+from objectives.models import LanguageModel, start_token_id
+
+__all__ = ["PolicyMLP", "PromptPolicy", "Rollout", "sample_top_k", "start_token_id"]
 
 # The original's init: Xavier-uniform with a tiny gain and a tiny negative bias, so the MLP's output starts
 # near zero (here: the policy starts at the LM's distribution).
@@ -65,14 +68,6 @@ class Rollout:
     hidden: torch.Tensor
     base: torch.Tensor
     allowed: torch.Tensor | None
-
-
-def start_token_id(tokenizer: object) -> int:
-    """The token a prompt is decoded from: BOS when the tokenizer has one, else EOS."""
-    for candidate in (getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if candidate is not None:
-            return int(candidate)
-    raise ValueError(f"{type(tokenizer).__name__} has neither a BOS nor an EOS token to start prompts from")
 
 
 class _Decoder:
