@@ -1,6 +1,7 @@
 """Run one tuner once, in process, without Ray or MLflow: for debugging a configuration before a sweep.
 
 python -m tuners run pez --preset demo --set lambda_ppl=0.5 --json out/pez.json
+python -m tuners run pez --preset demo --replicates 3   # the sweep's replicates: mean ± 95 % interval
 python -m tuners list
 """
 
@@ -8,18 +9,23 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
+import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from tqdm import tqdm
 
 from objectives.assets import AssetError
 from objectives.models import ModelSpecError
 from objectives.problem import ConfigError
+from objectives.stats import CI95
 from objectives.tasks import TaskError
 from tuners import PRESETS, available, get_tuner, preset_config
 from tuners.base import parse_overrides
+from tuners.replicates import run_replicates
 
 USER_ERRORS = (ConfigError, TaskError, ModelSpecError, AssetError, KeyError)
 
@@ -39,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         help="override a config field (value read as YAML); repeatable",
     )
     run.add_argument("--json", dest="json_path", help="write the PromptResult here as JSON")
+    run.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        help="run the sweep's replicate plan (data seeds x init seeds) and report means with 95%% intervals",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     sub.add_parser("list", help="list tuners, presets and their config fields")
     args = parser.parse_args(argv)
@@ -50,29 +62,61 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tuner = get_tuner(args.name)
         config = preset_config(args.name, args.preset, parse_overrides(args.overrides))
+        if args.replicates < 1:
+            raise ConfigError(f"--replicates {args.replicates} must be >= 1")
+        if args.json_path:
+            _check_writable(args.json_path)
     except USER_ERRORS as err:
         return _fail(err)
 
-    bar = tqdm(total=config.steps, desc=f"{tuner.name}/{args.preset}", unit="step", disable=args.quiet)
+    steps = getattr(config, "steps", 0) * args.replicates
+    bar = tqdm(total=steps or None, desc=f"{tuner.name}/{args.preset}", unit="step", disable=args.quiet)
+    done = [0] * args.replicates
 
-    def report(step: int, metrics: Mapping[str, float]) -> None:
-        bar.update(step - bar.n)
-        bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()})
+    def report(replicate: int, step: int, metrics: Mapping[str, float]) -> None:
+        done[replicate] = step
+        bar.update(sum(done) - bar.n)
+        bar.set_postfix({"rep": replicate, **{k.split("/")[-1]: f"{v:.3g}" for k, v in metrics.items()}})
 
     try:
-        result = tuner.run(config, report=report)
+        result = run_replicates(tuner, config, args.replicates, report=report)
     except USER_ERRORS as err:
         bar.close()
         return _fail(err)
     bar.close()
-    print(f"prompt: {result.prompt_text!r}  ids={result.prompt_ids}")
-    for key, value in sorted(result.metrics.items()):
-        print(f"  {key:<22} {value:.4f}")
-    print(f"steps={result.steps} seed={result.seed} wall={result.wall_s:.1f}s")
+    if args.replicates == 1:
+        single = result.prompt
+        print(f"prompt: {single.prompt_text!r}  ids={single.prompt_ids}")
+        for key, value in sorted(single.metrics.items()):
+            print(f"  {key:<24} {value:.4f}")
+        print(f"steps={single.steps} seed={single.seed} wall={single.wall_s:.1f}s")
+        if args.json_path:
+            single.write_json(args.json_path)
+    else:
+        for index, (task, replicate) in enumerate(zip(result.tasks, result.results, strict=True)):
+            print(f"replicate {index} ({task}, seed {replicate.seed}): {replicate.prompt_text!r}")
+        print(f"mean ± 95% interval over {args.replicates} replicates:")
+        for key in sorted(k for k in result.metrics if "." not in k):
+            print(f"  {key:<24} {result.metrics[key]:.4f} ± {result.metrics[key + CI95]:.4f}")
+        print(f"wall={result.wall_s:.1f}s")
+        if args.json_path:
+            Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
     if args.json_path:
-        result.write_json(args.json_path)
         print(f"wrote {args.json_path}")
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """Fail before training, not after it, when the result could not be written."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"--json {path!r} is a folder; give a file path")
+    folder = target.parent
+    while not folder.exists():  # the folders still to create must be creatable: check the first that exists
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"--json {path!r}: cannot write into {str(folder)!r}; choose a writable location")
 
 
 def _fail(err: Exception) -> int:

@@ -1,0 +1,138 @@
+"""Replicates: one configuration measured on several data seeds crossed with init seeds.
+
+A single run of a configuration cannot tell a trend from noise: on a k-shot split one dev example is several
+points of accuracy, and two init seeds of the same configuration give different prompts. So a trial runs
+its tuner ``R`` times and reports every metric as its replicate mean with a spread (``objectives.stats``).
+
+Replicate ``i`` of a configuration with seed ``s``:
+
+- data: for an LM-BFF folder family (``.../sst-2/16-{13,21,42,87,100}``: sibling folders ``<k>-<seed>``
+  with the three TSV files) the ``i``-th folder of the family, starting from the configured one; for any
+  other source (Rotten Tomatoes, ``hf:``, a lone folder) the same source, whose k-shot draw follows the seed;
+- init: ``seed = s + i``, which also seeds the tuner (initial prompt, batches, sampling).
+
+Every replicate of every trial uses the same plan, so replicate ``i`` of two configurations (a learned
+prompt and a baseline) saw the same data: comparisons between them are paired. The LM, the caches and
+a split's scorer are built once per process and shared (``objectives.problem.build_problem``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from objectives.problem import ConfigError, ProblemConfig
+from objectives.stats import aggregate
+from objectives.tasks import LMBFF_FILES
+from tuners.base import PromptResult, Tuner
+
+logger = logging.getLogger(__name__)
+
+# ``<k>-<seed>``: LM-BFF's name for the k-shot split drawn with that seed.
+_LMBFF_SPLIT = re.compile(r"^(\d+)-(\d+)$")
+
+ReplicateReporter = Callable[[int, int, Mapping[str, float]], None]
+
+
+def lmbff_family(task: str) -> list[str] | None:
+    """The sibling split folders of an LM-BFF folder, the given one first, then by seed; ``None`` if lone.
+
+    ``.../sst-2/16-100`` → ``[.../16-100, .../16-13, .../16-21, .../16-42, .../16-87]`` when those exist and
+    each holds train/dev/test.tsv.
+    """
+    folder = Path(task).expanduser()
+    match = _LMBFF_SPLIT.match(folder.name)
+    if match is None or not folder.is_dir():
+        return None
+    k = match.group(1)
+    siblings = []
+    for sibling in folder.parent.iterdir():
+        found = _LMBFF_SPLIT.match(sibling.name)
+        if found and found.group(1) == k and sibling != folder and all((sibling / f).is_file() for f in LMBFF_FILES):
+            siblings.append((int(found.group(2)), sibling))
+    if not siblings:
+        return None
+    ordered = [folder] + [path for _, path in sorted(siblings)]
+    # Keep the user's spelling of the path (relative stays relative), only the last part changes.
+    return [str(Path(task).parent / path.name) if path != folder else task for path in ordered]
+
+
+def replicate_configs(config: ProblemConfig, replicates: int) -> list[ProblemConfig]:
+    """The ``replicates`` configurations of the plan in the module docstring, replicate 0 being ``config``."""
+    if replicates < 1:
+        raise ConfigError(f"replicates={replicates} must be >= 1")
+    family = lmbff_family(config.task)
+    if family is not None and replicates > len(family):
+        logger.info(
+            "replicates=%d exceeds the %d split folders of %s: folders are reused with other init seeds",
+            replicates,
+            len(family),
+            config.task,
+        )
+    out = []
+    for i in range(replicates):
+        task = family[i % len(family)] if family else config.task
+        out.append(dataclasses.replace(config, task=task, seed=config.seed + i))
+    return out
+
+
+@dataclass(frozen=True)
+class ReplicatedResult:
+    """A configuration's replicates: each one's ``PromptResult`` and the aggregated metrics.
+
+    ``representative`` is the replicate whose prompt stands for the configuration in tables and plots: the
+    best dev accuracy (ties: the lowest index); selection on dev, never on test.
+    """
+
+    tuner: str
+    results: tuple[PromptResult, ...]
+    metrics: dict[str, float]
+    representative: int
+    tasks: tuple[str, ...] = field(default=())
+
+    @property
+    def prompt(self) -> PromptResult:
+        return self.results[self.representative]
+
+    @property
+    def prompt_texts(self) -> list[str]:
+        return [r.prompt_text for r in self.results]
+
+    @property
+    def wall_s(self) -> float:
+        return sum(r.wall_s for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tuner": self.tuner,
+            "representative": self.representative,
+            "metrics": self.metrics,
+            "replicates": [{"task": t, **r.to_json()} for t, r in zip(self.tasks, self.results, strict=True)],
+        }
+
+
+def run_replicates(
+    tuner: Tuner, config: ProblemConfig, replicates: int, *, report: ReplicateReporter | None = None
+) -> ReplicatedResult:
+    """Run ``tuner`` on every replicate of ``config``; ``report(replicate, step, metrics)`` as they train."""
+    configs = replicate_configs(config, replicates)
+    results = []
+    for index, replicate in enumerate(configs):
+        logger.info(
+            "%s replicate %d/%d: task=%s seed=%d", tuner.name, index + 1, len(configs), replicate.task, replicate.seed
+        )
+        callback = None if report is None else (lambda step, metrics, i=index: report(i, step, metrics))
+        results.append(tuner.run(replicate, report=callback))
+    dev = [r.metrics.get("task/acc_dev", float("-inf")) for r in results]
+    return ReplicatedResult(
+        tuner=tuner.name,
+        results=tuple(results),
+        metrics=aggregate([r.metrics for r in results]),
+        representative=max(range(len(dev)), key=lambda i: (dev[i], -i)),
+        tasks=tuple(c.task for c in configs),
+    )
