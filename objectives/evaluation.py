@@ -23,8 +23,15 @@ from objectives.scoring import prompt_logits
 
 @torch.no_grad()
 def split_scores(problem: Problem, split: str, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accuracy and cross-entropy of each prompt on a whole split: ``(P, L, d)`` → ``(P,)``, ``(P,)``."""
-    logits = problem.scorers[split].logits(prompt)
+    """Accuracy and cross-entropy of each prompt on a whole split: ``(P, L, d)`` → ``(P,)``, ``(P,)``.
+
+    ``L = 0`` (no prompt at all) is scored from the frozen pass over the inputs alone.
+    """
+    scorer = problem.scorers[split]
+    if prompt.shape[1] == 0:
+        logits = scorer.empty_prompt_logits().expand(prompt.shape[0], -1, -1)
+    else:
+        logits = scorer.logits(prompt)
     labels = problem.labels[split]
     return accuracy(logits, labels), task_ce(logits, labels)
 
@@ -44,7 +51,9 @@ def baseline(problem: Problem) -> dict[str, float]:
 
 @torch.no_grad()
 def log_ppl(problem: Problem, prompt_ids: torch.Tensor) -> torch.Tensor:
-    """``interp/log_ppl`` of discrete prompts ``(P, L)`` under the task LM → ``(P,)``."""
+    """``interp/log_ppl`` of discrete prompts ``(P, L)`` under the task LM → ``(P,)`` (0 for ``L <= 1``)."""
+    if prompt_ids.shape[1] <= 1:
+        return torch.zeros(prompt_ids.shape[0], device=prompt_ids.device)
     embeds = problem.lm.embeddings[prompt_ids]
     return token_nll(prompt_logits(problem.lm, embeds), prompt_ids)
 
@@ -68,10 +77,12 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
 
     ``task/ce`` is the dev cross-entropy of the discrete prompt (dev is the split prompts are selected on).
     Without a soft prompt the faithfulness metrics are 0: a prompt that is discrete from the start is its
-    own readable form. ``baseline/acc_{dev,test}`` (no prompt at all) come with every result, so that a
-    reader of any table can see whether a prompt beats having none.
+    own readable form. An empty ``prompt_ids`` scores the input alone (the no-prompt baseline).
+    ``baseline/acc_{dev,test}`` (no prompt at all) come with every result, so that a reader of any table can
+    see whether a prompt beats having none.
     """
     embeds = problem.lm.embeddings
+    prompt_ids = prompt_ids.to(device=embeds.device, dtype=torch.long)
     discrete = embeds[prompt_ids].float()
     prompts = discrete[None] if soft is None else torch.stack([discrete, soft.detach().float()])
     metrics: dict[str, float] = {}

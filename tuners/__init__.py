@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuners import pez, rlprompt, soft  # noqa: F401  (importing registers the tuners)
+from tuners import baselines, pez, rlprompt, soft  # noqa: F401  (importing registers the tuners)
 from tuners.base import PromptResult, Reporter, Tuner, available, get_tuner, make_config, register
 from tuners.presets import PRESETS, preset_config
 

@@ -118,7 +118,11 @@ class Selection:
 
 @runtime_checkable
 class Tuner(Protocol):
-    """A prompt tuner: a name, its config class, and ``run``."""
+    """A prompt tuner: a name, its config class, and ``run``.
+
+    A tuner may set ``trains = False`` (the baselines in ``tuners/baselines.py``): it optimises nothing, so it
+    reports no steps and its prompt does not depend on an init seed.
+    """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[ProblemConfig]]
