@@ -1,35 +1,130 @@
-"""The Optuna side: search spaces over interpretability weights, samplers, and the Ray Tune searcher.
+"""The Optuna side: search spaces over interpretability knobs, samplers sized to their budget, and the Tune searcher.
 
-Each weight ``w`` with range ``[low, high]`` is two Optuna parameters: a switch ``w_on`` and, when on, a
-log-uniform ``w``. A log scale never reaches 0 by itself, and the unregularised tuner (every weight 0) must
-be reachable: it anchors the accuracy end of every front. It is also the first point evaluated.
+**Knobs.** A knob is a tuner config field the sweep searches: a float knob (the λ weights) is 0 or
+log-uniform in ``[low, high]``; an integer knob (``fluent_top_k``, where 0 means "no restriction") is 0 or a
+log-uniform integer in ``[low, high]``. A log scale never reaches 0, and 0 matters: it switches a term off.
+
+**The space never holds the all-zero configuration.** With several knobs, the space is a categorical
+``knobs_on`` over the *non-empty* subsets of knobs (``"lambda_ppl"``, ``"lambda_dist"``,
+``"lambda_ppl+lambda_dist"``) and then a value for each knob that is on; with one knob it is just that knob's
+value. The unregularised tuner (every knob 0) anchors the accuracy end of every front, so it is measured
+exactly once per tuner, first, as a *fixed* trial outside the space (``MultiTunerSearch``); when it completes
+it is added to the study as a COMPLETE trial with no params (``params={}``, user attr ``fixed="zero"``): the
+dashboard and ``best_trials`` count it once, and TPE ranks the other trials against it. It gets no marker
+param because a param's value must lie in its distribution, and a distribution that holds "all off" is one
+the sampler can draw again.
+
+**Duplicates.** A trial is deterministic for its configuration, so a configuration already measured (or in
+flight) is never run again. Should a sampler propose one (integer knobs make that possible), the probe is
+finished as FAIL with user attrs ``duplicate_of`` (the study trial number, where known) and
+``duplicate_of_tune_trial``: FAIL trials count nowhere (not in ``best_trials``, not in TPE's or NSGA-II's
+models), so nothing is counted twice; the sampler is asked again, up to ``MAX_REDRAWS`` times, and then a
+configuration drawn at random among those not measured is run instead, so a sampler that insists cannot
+loop. When a finite (integer-only) space is exhausted, that tuner stops early with a warning.
+
+**Sizing rule** (``sampler_plan``). ``budget`` is the number of trials the *sampler* will draw for a study
+(the tuner's ``num_samples`` minus its fixed trials; the zero trial is added on top of them):
+
+- ``tpe``: the first ``n_start = min(budget, max(3, ceil(budget / 5)))`` trials are a Latin hypercube over
+  the space (subset choice and each knob's log scale), then TPE with ``n_startup_trials = n_start``. Optuna's
+  default of 10 random start-up trials is more than the smoke (3 drawn trials per tuner) and demo (7)
+  budgets, so TPE never modelled there; a stratified start covers the λ range evenly where 3-7 random draws
+  cluster, and counting the zero trial as one of the start-up trials lets TPE model as soon as the design
+  has come back. ``constant_liar=True`` (Optuna 5's default, set explicitly) because Tune runs trials
+  concurrently: running trials are treated as bad so concurrent suggestions spread out. ``multivariate`` is
+  left off (Optuna 5's default for multi-objective studies): on this conditional space ``multivariate=True``
+  models nothing jointly (the subset switch and the param-less zero trial empty the intersection space, and
+  Optuna falls back to independent sampling with a warning per param), and ``group=True`` (experimental)
+  measured no better on the problem of ``benchmarks/search_efficiency.py``.
+- ``nsga2``: ``population_size = max(2, ceil(budget / 4))`` (Optuna's default of 50 exceeds even the paper's
+  31 drawn trials, which left NSGA-II random), so a budget sees about four generations; the first generation
+  is the same Latin hypercube. NSGA-II evolves the intersection of the sampled trials' params, computed here
+  without the zero trial (which has none); with several knobs that intersection is the subset switch alone.
+- ``random``: nothing to size; the baseline of the benchmark.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+import itertools
+import logging
+import math
+import random
+import typing
+import warnings
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
 from objectives.metrics import METRICS
 
-SWITCH = "_on"
+logger = logging.getLogger(__name__)
+
+KNOBS_ON = "knobs_on"  # the categorical param naming the subset of knobs that is on (two knobs or more)
+_JOIN = "+"
+FIXED_ATTR = "fixed"  # user attr of a fixed trial added to a study; its value names the configuration
+ZERO = "zero"
 
 
-def define_space(trial: optuna.Trial, *, ranges: Mapping[str, Sequence[float]]) -> None:
-    """Define-by-run space. Module-level (with ``functools.partial``) because Tune pickles the searcher."""
-    for weight, (low, high) in ranges.items():
-        if trial.suggest_categorical(weight + SWITCH, [False, True]):
-            trial.suggest_float(weight, float(low), float(high), log=True)
+# ----- the space -------------------------------------------------------------------------------------------
 
 
-def weights_from_params(params: Mapping[str, Any], weights: Sequence[str]) -> dict[str, float]:
-    """The effective weight values of a sampled configuration (0.0 where the switch is off)."""
-    return {w: float(params[w]) if params.get(w + SWITCH) else 0.0 for w in weights}
+def knob_subsets(knobs: Sequence[str]) -> list[str]:
+    """The choices of ``knobs_on``: every non-empty subset of ``knobs``, smallest first, joined by ``+``."""
+    return [_JOIN.join(c) for r in range(1, len(knobs) + 1) for c in itertools.combinations(knobs, r)]
+
+
+def define_space(
+    trial: optuna.Trial, *, ranges: Mapping[str, Sequence[float]], integer_knobs: Collection[str] = frozenset()
+) -> None:
+    """Define-by-run space (module-level, bound with ``functools.partial``, because Tune pickles the searcher).
+
+    Never yields the all-zero configuration: one knob is always on (see the module docstring).
+    """
+    names = list(ranges)
+    on = trial.suggest_categorical(KNOBS_ON, knob_subsets(names)).split(_JOIN) if len(names) > 1 else names
+    for name in on:
+        low, high = ranges[name]
+        if name in integer_knobs:
+            trial.suggest_int(name, int(low), int(high), log=True)
+        else:
+            trial.suggest_float(name, float(low), float(high), log=True)
+
+
+def knobs_from_params(
+    params: Mapping[str, Any], knobs: Iterable[str], integer_knobs: Collection[str] = frozenset()
+) -> dict[str, float | int]:
+    """Every knob's effective value in a suggestion's ``params``: 0 (int knobs) / 0.0 where off or absent.
+
+    ``{}`` (a fixed trial) gives every knob 0. A knob is on where its param is present; ``knobs_on`` is
+    checked too, so params of a trial that names its subset decode the same way.
+    """
+    on = set(str(params[KNOBS_ON]).split(_JOIN)) if KNOBS_ON in params else None
+    out: dict[str, float | int] = {}
+    for name in knobs:
+        value = params.get(name) if on is None or name in on else None
+        integer = name in integer_knobs or (isinstance(value, int) and not isinstance(value, bool))
+        if value is None:
+            out[name] = 0 if integer else 0.0
+        else:
+            out[name] = int(value) if integer else float(value)
+    return out
+
+
+weights_from_params = knobs_from_params  # the name before integer knobs existed
+
+
+def integer_knobs_of(config_cls: type, knobs: Iterable[str]) -> frozenset[str]:
+    """The knobs whose field in ``config_cls`` (a tuner config dataclass) is typed ``int``."""
+    hints = typing.get_type_hints(config_cls)
+    return frozenset(k for k in knobs if hints.get(k) is int)
 
 
 def directions(objectives: Sequence[str]) -> list[str]:
@@ -37,14 +132,221 @@ def directions(objectives: Sequence[str]) -> list[str]:
     return ["max" if METRICS[name].higher_is_better else "min" for name in objectives]
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def _check_ranges(ranges: Mapping[str, Sequence[float]], integer_knobs: Collection[str]) -> None:
+    if not ranges:
+        raise ValueError("ranges is empty: a tuner with nothing to search has no searcher (give it fixed trials)")
+    for name, bounds in ranges.items():
+        if _JOIN in name or "/" in name:
+            raise ValueError(f"knob {name!r}: names may not contain {_JOIN!r} or '/'")
+        if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
+            raise ValueError(f"{name}={list(bounds)} must be [low, high] with 0 < low < high (log scale)")
+        if name in integer_knobs and (int(bounds[0]) != bounds[0] or int(bounds[1]) != bounds[1]):
+            raise ValueError(f"{name}={list(bounds)} is an integer knob: its bounds must be whole numbers")
+    unknown = set(integer_knobs) - set(ranges)
+    if unknown:
+        raise ValueError(f"integer_knobs {sorted(unknown)} are not among the searched knobs {sorted(ranges)}")
+
+
+def _log_scale(u: float, low: float, high: float, integer: bool) -> float | int:
+    """The point at fraction ``u`` in [0, 1) of ``[low, high]`` on a log scale (rounded for integer knobs)."""
+    if integer:
+        # Widen by half a step each side so the end values get their share, as Optuna's log int does.
+        lo, hi = math.log(low - 0.5 if low > 0.5 else low), math.log(high + 0.5)
+        return int(min(high, max(low, round(math.exp(lo + u * (hi - lo))))))
+    return float(math.exp(math.log(low) + u * (math.log(high) - math.log(low))))
+
+
+def _params_at(
+    u: Sequence[float], ranges: Mapping[str, Sequence[float]], integer_knobs: Collection[str]
+) -> dict[str, Any]:
+    """The params at a point ``u`` of the unit cube: coordinate 0 picks the subset (two knobs or more), the
+    next ones the knobs' values in ``ranges`` order (coordinates of knobs left off are unused)."""
+    names = list(ranges)
+    params: dict[str, Any] = {}
+    offset = 0
+    on = names
+    if len(names) > 1:
+        subsets = knob_subsets(names)
+        params[KNOBS_ON] = subsets[min(int(u[0] * len(subsets)), len(subsets) - 1)]
+        on = params[KNOBS_ON].split(_JOIN)
+        offset = 1
+    for i, name in enumerate(names):
+        if name in on:
+            params[name] = _log_scale(u[offset + i], *ranges[name], integer=name in integer_knobs)
+    return params
+
+
+def space_filling_start(
+    ranges: Mapping[str, Sequence[float]], integer_knobs: Collection[str], n: int, seed: int
+) -> list[dict[str, Any]]:
+    """``n`` params on a Latin hypercube of the space: each coordinate's ``n`` strata hold one point each."""
+    if n <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    dims = len(ranges) + (1 if len(ranges) > 1 else 0)
+    cube = np.stack([(rng.permutation(n) + rng.random(n)) / n for _ in range(dims)], axis=1)  # (n, dims)
+    return [_params_at(row, ranges, integer_knobs) for row in cube]
+
+
+def random_params(
+    ranges: Mapping[str, Sequence[float]], integer_knobs: Collection[str], rng: random.Random
+) -> dict[str, Any]:
+    """One configuration drawn uniformly over the space's encoding (subset, then log-uniform values)."""
+    return _params_at([rng.random() for _ in range(len(ranges) + 1)], ranges, integer_knobs)
+
+
+# ----- samplers --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerPlan:
+    """How a sampler is sized for ``budget`` drawn trials (the rule is in the module docstring)."""
+
+    name: str
+    budget: int
+    n_start: int  # trials from the space-filling design, drawn before the sampler's own
+    n_startup_trials: int | None = None  # TPE: complete trials (the zero trial included) before it models
+    population_size: int | None = None  # NSGA-II
+
+
+def sampler_plan(name: str, budget: int) -> SamplerPlan:
+    if budget < 0:
+        raise ValueError(f"budget={budget} must be >= 0")
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        n_start = min(budget, max(3, math.ceil(budget / 5)))
+        return SamplerPlan(name, budget, n_start=n_start, n_startup_trials=max(1, n_start))
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        population = max(2, math.ceil(budget / 4))
+        return SamplerPlan(name, budget, n_start=min(budget, population), population_size=population)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return SamplerPlan(name, budget, n_start=0)
     raise ValueError(f"sampler={name!r} is not one of tpe, nsga2, random")
+
+
+class _SampledNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II whose search space is the intersection over the trials it could have drawn.
+
+    Optuna intersects the params of every complete trial; the zero trial has none, so that intersection is
+    empty and NSGA-II would sample everything at random. Fixed trials (user attr ``fixed``) are left out.
+    """
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial
+    ) -> dict[str, optuna.distributions.BaseDistribution]:
+        space: dict[str, optuna.distributions.BaseDistribution] | None = None
+        for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if FIXED_ATTR in done.user_attrs:
+                continue
+            if space is None:
+                space = dict(done.distributions)
+            else:
+                space = {k: d for k, d in space.items() if done.distributions.get(k) == d}
+        return {k: d for k, d in (space or {}).items() if not d.single()}
+
+
+def make_sampler(name: str, seed: int, budget: int) -> optuna.samplers.BaseSampler:
+    plan = sampler_plan(name, budget)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=plan.n_startup_trials or 1, multivariate=False, constant_liar=True
+        )
+    if name == "nsga2":
+        return _SampledNSGAIISampler(seed=seed, population_size=plan.population_size or 2)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+# ----- one tuner's searcher --------------------------------------------------------------------------------
+
+
+class TunerSearch(OptunaSearch):
+    """``OptunaSearch`` for one tuner, with what the sweep needs on top.
+
+    It names the study's objectives (Tune's searcher creates its study in ``_setup_study``), runs the
+    space-filling start before the sampler's own suggestions, takes the zero trial's result as a param-less
+    COMPLETE trial (``add_fixed``), finishes a duplicate probe as FAIL (``discard``), and tells Optuna FAIL
+    rather than a ``None`` objective when a result lacks one (Optuna would refuse the values and leave the
+    trial RUNNING, which the constant liar then avoids forever).
+    """
+
+    def __init__(
+        self,
+        *,
+        ranges: Mapping[str, Sequence[float]],
+        integer_knobs: Collection[str],
+        budget: int,
+        start: Sequence[Mapping[str, Any]],
+        **kwargs: Any,
+    ) -> None:
+        self.ranges = {k: tuple(v) for k, v in ranges.items()}
+        self.integer_knobs = frozenset(integer_knobs)
+        self.budget = budget
+        self._start = [dict(p) for p in start]
+        super().__init__(**kwargs)
+
+    @property
+    def knobs(self) -> tuple[str, ...]:
+        return tuple(self.ranges)
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(self._metric))
+        if self._ot_study.trials:
+            self._start = []  # an existing study (load_if_exists) already had its start
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._start:
+            self._ot_study.enqueue_trial(self._start.pop(0), skip_if_exists=False)
+        return super().suggest(trial_id)
+
+    def suggest_params(self, trial_id: str, params: Mapping[str, Any]) -> dict | None:
+        """A trial with exactly ``params`` (enqueued, so the study records it as an ordinary trial)."""
+        self._ot_study.enqueue_trial(dict(params), skip_if_exists=False)
+        return super().suggest(trial_id)
+
+    def number(self, trial_id: str) -> int:
+        """The study's number for the trial suggested as ``trial_id``."""
+        return self._ot_trials[trial_id].number
+
+    def values(self, result: Mapping[str, Any] | None) -> list[float] | None:
+        """The objectives in ``result``, or None where one is missing or not finite."""
+        if not result:
+            return None
+        values = [result.get(m) for m in self._metric]
+        if any(not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            return None
+        return [float(v) for v in values]
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if not error and result is not None and self.values(result) is None:
+            logger.warning("trial %s reported no finite %s; told to Optuna as FAIL", trial_id, self._metric)
+            result, error = None, True
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def add_fixed(self, values: Sequence[float], *, label: str, tune_trial_id: str) -> int:
+        """Add a fixed trial's result as a COMPLETE trial with no params; returns its study number."""
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                values=list(values),
+                params={},
+                distributions={},
+                user_attrs={FIXED_ATTR: label, "tune_trial_id": tune_trial_id},
+            )
+        )
+        return self._ot_study.get_trials(deepcopy=False)[-1].number
+
+    def discard(self, trial_id: str, *, duplicate_of: int | None, duplicate_of_tune_trial: str) -> None:
+        """Finish a probe that repeats a measured configuration as FAIL, so it counts nowhere."""
+        ot_trial = self._ot_trials.pop(trial_id)
+        if duplicate_of is not None:
+            ot_trial.set_user_attr("duplicate_of", duplicate_of)
+        ot_trial.set_user_attr("duplicate_of_tune_trial", duplicate_of_tune_trial)
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
 
 
 def make_searcher(
@@ -53,75 +355,169 @@ def make_searcher(
     objectives: Sequence[str],
     sampler: str,
     seed: int,
-    storage_path: Path,
+    budget: int,
+    storage_path: Path | None,
     study_name: str,
-) -> Any:
-    """An ``OptunaSearch`` for one tuner, its study persisted in SQLite for ``optuna-dashboard``.
+    integer_knobs: Collection[str] = frozenset(),
+) -> TunerSearch:
+    """The searcher of one tuner: its study persisted in SQLite for ``optuna-dashboard`` (in memory for None).
 
-    ``metric``/``mode`` lists go on the searcher, never on ``TuneConfig`` (that raises for lists).
+    ``budget`` is the number of trials this searcher will be asked for (``sampled_budget``); it sizes the
+    sampler. ``metric``/``mode`` lists go on the searcher, never on ``TuneConfig`` (that raises for lists).
     """
-    from ray.tune.search.optuna import OptunaSearch
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}")
-    return OptunaSearch(
-        space=functools.partial(define_space, ranges={k: list(v) for k, v in ranges.items()}),
+    integer_knobs = frozenset(integer_knobs)
+    _check_ranges(ranges, integer_knobs)
+    plan = sampler_plan(sampler, budget)
+    ranges = {k: [float(v) for v in b] for k, b in ranges.items()}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path}") if storage_path is not None else None
+    return TunerSearch(
+        ranges=ranges,
+        integer_knobs=integer_knobs,
+        budget=budget,
+        start=space_filling_start(ranges, integer_knobs, plan.n_start, seed),
+        space=functools.partial(define_space, ranges=ranges, integer_knobs=integer_knobs),
         metric=list(objectives),
         mode=directions(objectives),
-        sampler=make_sampler(sampler, seed),
+        sampler=make_sampler(sampler, seed, budget),
         storage=storage,
         study_name=study_name,
-        points_to_evaluate=[{w + SWITCH: False for w in ranges}] if ranges else None,
     )
 
 
+# ----- every tuner of a sweep ------------------------------------------------------------------------------
+
+
+def fixed_trials(fixed: Sequence[Mapping[str, Any]], *, searched: bool) -> list[dict[str, Any]]:
+    """A tuner's fixed trials in the order they run: a searched tuner's zero configuration ``{}`` first."""
+    trials = [dict(f) for f in fixed]
+    for i, config in enumerate(trials):
+        if config in trials[:i]:
+            raise ValueError(f"fixed trial {config} is listed twice; each configuration is measured once")
+    if searched:
+        trials = [{}] + [c for c in trials if c]
+    return trials
+
+
+def sampled_budget(num_samples: int, fixed: Sequence[Mapping[str, Any]] = ()) -> int:
+    """Trials a searched tuner's sampler draws: ``num_samples`` less its fixed trials (the zero one included)."""
+    budget = num_samples - len(fixed_trials(fixed, searched=True))
+    if budget < 0:
+        raise ValueError(f"num_samples={num_samples} leaves no room for the {num_samples - budget} fixed trials")
+    return budget
+
+
+@dataclass(frozen=True)
+class _Pending:
+    tuner: str
+    key: tuple
+    probe: str | None  # the id the tuner's searcher knows the trial by; None for a fixed trial
+    fixed: dict[str, Any]
+
+
 class MultiTunerSearch(Searcher):
-    """One Tune run for every tuner of a sweep, each tuner keeping its own Optuna study.
+    """One Tune run for every tuner of a sweep, each searched tuner keeping its own Optuna study.
 
-    Suggestions come from the tuners' searchers in turn (those with samples left), as
-    ``{"tuner": name, "params": {...}}``; results go back to the searcher that made the suggestion. One run
-    instead of one per tuner keeps the cluster busy across tuners and lets Ray reuse the trial actors.
+    Every suggestion is ``{"tuner": name, "params": {...}, "fixed": {...}}``: ``params`` are Optuna's params
+    (``{}`` for a fixed trial), ``fixed`` the config values of a fixed trial (``{}`` for a sampled one). The
+    trainable builds the tuner config as ``{**preset values, **fixed, **knobs_from_params(params, knobs)}``.
 
-    A trial is deterministic for its configuration (tuners are seeded), so a suggestion whose effective
-    weights were already measured is not run again: its study is told the known result at once and asked
-    for another. Without this, a sampler that likes the unregularised end (every switch off) spends half
-    a sweep re-running one configuration.
+    A tuner's fixed trials (``fixed[name]``) run before its searcher is asked, in order. A searched tuner's
+    first fixed trial is always the zero configuration ``{}`` (added when missing), and its budget is
+    ``num_samples`` including its fixed trials; a tuner with fixed trials and no searcher (baselines that
+    train nothing) has exactly its fixed list as budget. Tuners take turns (round robin over those with budget
+    left), results go back to the searcher that made the suggestion, and the searcher is ``FINISHED`` when
+    every budget is spent. One run instead of one per tuner keeps the cluster busy across tuners and lets Ray
+    reuse the trial actors. Configurations already measured or in flight are not run again (module docstring).
     """
 
-    MAX_REDRAWS = 25
+    MAX_REDRAWS = 8  # sampler proposals of measured configurations before a random unmeasured one is taken
+    MAX_RANDOM = 200  # random draws looking for an unmeasured configuration before a space counts as exhausted
 
-    def __init__(self, searchers: Mapping[str, Any], *, weights: Mapping[str, Sequence[str]], num_samples: int) -> None:
+    def __init__(
+        self,
+        searchers: Mapping[str, TunerSearch],
+        *,
+        fixed: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+        knobs: Mapping[str, Sequence[str]],
+        num_samples: int,
+        seed: int = 0,
+    ) -> None:
         super().__init__(metric=None, mode=None)
+        fixed = dict(fixed or {})
         self._searchers = dict(searchers)
-        self._weights = {name: tuple(weights.get(name, ())) for name in self._searchers}
-        self._left = {name: num_samples for name in self._searchers}
-        # Tune trial id -> (tuner, effective-weights key, the id its study knows the trial by)
-        self._owner: dict[str, tuple[str, tuple, str]] = {}
-        self._known: dict[tuple, dict] = {}
+        self._tuners = list(dict.fromkeys([*self._searchers, *fixed]))
+        self._knobs = {name: tuple(knobs.get(name, ())) for name in self._tuners}
+        self._fixed: dict[str, list[dict[str, Any]]] = {}
+        self._left: dict[str, int] = {}
+        for name in self._tuners:
+            searched = name in self._searchers
+            trials = fixed_trials(fixed.get(name, ()), searched=searched)
+            if searched:
+                searcher = self._searchers[name]
+                if set(self._knobs[name]) != set(searcher.knobs):
+                    raise ValueError(
+                        f"knobs[{name!r}]={list(self._knobs[name])} but its searcher searches {list(searcher.knobs)}"
+                    )
+                for config in trials:
+                    overlap = sorted(set(config) & set(self._knobs[name]))
+                    if overlap:
+                        raise ValueError(
+                            f"fixed trial {config} of {name!r} sets knobs {overlap}: fixed trials of "
+                            "a searched tuner run with every knob 0 (they would be overwritten)"
+                        )
+                budget = sampled_budget(num_samples, trials)
+                if searcher.budget != budget:
+                    raise ValueError(
+                        f"the searcher of {name!r} was sized for budget={searcher.budget}, but "
+                        f"num_samples={num_samples} less {len(trials)} fixed trials leaves {budget}; "
+                        "build it with make_searcher(budget=sampled_budget(num_samples, fixed))"
+                    )
+                self._left[name] = num_samples
+            else:
+                if not trials:
+                    raise ValueError(f"tuner {name!r} has neither a searcher nor fixed trials")
+                self._left[name] = len(trials)
+            self._fixed[name] = trials
+        self.total_trials = sum(self._left.values())  # Tune's ``num_samples`` for the whole sweep
+        self._owner: dict[str, _Pending] = {}  # Tune trial id -> what it is
+        # (tuner, fixed items, knob items) -> (Tune trial id, study number or None) of every configuration
+        # measured or in flight, so none runs twice
+        self._measured: dict[tuple, tuple[str, int | None]] = {}
+        self._rng = random.Random(seed)
         self._turn = 0
-        self._redraws = 0
+        self.redraws = 0  # sampler proposals answered "already measured"
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # every inner searcher was built with its own objectives and space
 
-    def _key(self, name: str, params: Mapping[str, Any]) -> tuple:
-        return (name, tuple(sorted(weights_from_params(params, self._weights[name]).items())))
+    def _key(self, name: str, fixed: Mapping[str, Any], params: Mapping[str, Any]) -> tuple:
+        knobs = knobs_from_params(params, self._knobs[name])
+        return (name, tuple(sorted(fixed.items())), tuple(sorted(knobs.items())))
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        names = list(self._searchers)
-        for offset in range(len(names)):
-            name = names[(self._turn + offset) % len(names)]
+        for offset in range(len(self._tuners)):
+            name = self._tuners[(self._turn + offset) % len(self._tuners)]
             if self._left[name] <= 0:
                 continue
-            params, probe = self._suggest_new(name, trial_id)
-            if params == self.FINISHED:
-                self._left[name] = 0
-                continue
-            if params is None:
-                continue
-            self._turn = (self._turn + offset + 1) % len(names)
+            if self._fixed[name]:
+                config = self._fixed[name].pop(0)
+                params: dict[str, Any] = {}
+                probe = None
+            else:
+                drawn, probe = self._suggest_new(name, trial_id)
+                if drawn == self.FINISHED:
+                    self._left[name] = 0
+                    continue
+                if drawn is None:
+                    continue  # that searcher has nothing right now; the next tuner's turn
+                config, params = {}, drawn
+            self._turn = (self._turn + offset + 1) % len(self._tuners)
             self._left[name] -= 1
-            self._owner[trial_id] = (name, self._key(name, params), probe)
-            return {"tuner": name, "params": params}
+            key = self._key(name, config, params)
+            number = self._searchers[name].number(probe) if probe is not None else None
+            self._measured[key] = (trial_id, number)
+            self._owner[trial_id] = _Pending(tuner=name, key=key, probe=probe, fixed=config)
+            return {"tuner": name, "params": params, "fixed": dict(config)}
         return self.FINISHED if all(v <= 0 for v in self._left.values()) else None
 
     def _suggest_new(self, name: str, trial_id: str) -> tuple[dict | str | None, str]:
@@ -132,24 +528,47 @@ class MultiTunerSearch(Searcher):
             params = searcher.suggest(probe)
             if not isinstance(params, dict):
                 return params, probe
-            known = self._known.get(self._key(name, params))
+            known = self._measured.get(self._key(name, {}, params))
             if known is None:
                 return params, probe
-            searcher.on_trial_complete(probe, result=known)
-            self._redraws += 1
-        return params, probe  # the sampler insists; measuring it again costs time, not correctness
+            searcher.discard(probe, duplicate_of=known[1], duplicate_of_tune_trial=known[0])
+            self.redraws += 1
+        # The sampler insists on measured configurations (a small integer space, a collapsed model): take one
+        # drawn at random among those not measured, as an ordinary trial of the study.
+        for _ in range(self.MAX_RANDOM):
+            params = random_params(searcher.ranges, searcher.integer_knobs, self._rng)
+            if self._key(name, {}, params) not in self._measured:
+                probe = f"{trial_id}-random"
+                return searcher.suggest_params(probe, params), probe
+        logger.warning(
+            "%s: every configuration drawn is measured already (the space looks exhausted); its remaining %d "
+            "trials are dropped",
+            name,
+            self._left[name],
+        )
+        return self.FINISHED, trial_id
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._owner:
-            name, _, probe = self._owner[trial_id]
-            self._searchers[name].on_trial_result(probe, result)
+        pending = self._owner.get(trial_id)
+        if pending is not None and pending.probe is not None:
+            self._searchers[pending.tuner].on_trial_result(pending.probe, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._owner:
-            name, key, probe = self._owner.pop(trial_id)
-            if result and not error:
-                self._known[key] = dict(result)
-            self._searchers[name].on_trial_complete(probe, result=result, error=error)
+        pending = self._owner.pop(trial_id, None)
+        if pending is None:
+            return
+        searcher = self._searchers.get(pending.tuner)
+        values = searcher.values(result) if searcher is not None and not error else None
+        if values is None:
+            # Not measured after all: the configuration may be drawn again.
+            self._measured.pop(pending.key, None)
+        if pending.probe is not None:
+            assert searcher is not None
+            searcher.on_trial_complete(pending.probe, result=result, error=error)
+        elif searcher is not None and not pending.fixed and values is not None:
+            # The zero configuration: the study learns it once, as a param-less trial (module docstring).
+            number = searcher.add_fixed(values, label=ZERO, tune_trial_id=trial_id)
+            self._measured[pending.key] = (trial_id, number)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle
