@@ -1,14 +1,19 @@
 """Sweep configuration: presets, YAML files and ``--set`` overrides, validated into one frozen object.
 
 Order of precedence: the preset (``sweep/presets.py``), then ``--config FILE.yaml``, then ``--set`` pairs.
-Dotted keys reach into the per-tuner tables: ``--set tuner_config.pez.steps=30``,
-``--set search.pez.lambda_ppl=[0.01,10]``.
+Dotted keys reach into the tables: ``--set problem.task=PATH`` (the problem every tuner and baseline
+shares), ``--set tuner_config.pez.steps=30``, ``--set search.pez.lambda_ppl=[0.01,10]``.
+
+A trial's config is its tuner's preset, then ``problem``, then ``tuner_config.<tuner>``, then what the
+search chose. Every tuner and baseline of a sweep must end up on the same problem (model, data, template,
+verbalizer, sizes, seed): fronts and baselines are only comparable on the same replicates.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +22,16 @@ from typing import Any
 import yaml
 
 from objectives.metrics import METRICS
-from objectives.problem import ConfigError
+from objectives.problem import ConfigError, ProblemConfig
 from tuners import available, get_tuner
 from tuners.base import make_config, unknown_message
+from tuners.baselines import BASELINES, default_manual_prompts
 from tuners.presets import preset_values
 
 SAMPLERS = ("tpe", "nsga2", "random")
+# Problem fields that must agree across a sweep's tuners and baselines (the others only change speed or the
+# prompt's length).
+SHARED_PROBLEM_FIELDS = ("model", "task", "verbalizer", "template", "k_shot", "k_dev", "n_test", "seed")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +41,12 @@ class SweepConfig:
     name: str = field(metadata={"help": "MLflow experiment name and Optuna study prefix"})
     preset: str = field(metadata={"help": "tuner preset the trials start from (smoke, demo, paper)"})
     tuners: tuple[str, ...] = field(metadata={"help": "tuners to sweep, each with its own study"})
+    problem: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "problem fields shared by every tuner and baseline (model, task, k_shot, ...)"},
+    )
     tuner_config: dict[str, dict[str, Any]] = field(
-        default_factory=dict, metadata={"help": "per tuner: config fields on top of the tuner preset"}
+        default_factory=dict, metadata={"help": "per tuner: config fields on top of the tuner preset and problem"}
     )
     search: dict[str, dict[str, tuple[float, float]]] = field(
         default_factory=dict,
@@ -43,12 +56,25 @@ class SweepConfig:
         default=("task/acc_dev", "interp/scrutability"),
         metadata={"help": "metrics Optuna optimises (directions from the metric registry)"},
     )
-    sampler: str = field(default="tpe", metadata={"help": "Optuna sampler: tpe, nsga2 or random"})
-    num_samples: int = field(default=8, metadata={"help": "trials per tuner"})
+    sampler: str = field(default="tpe", metadata={"help": "Optuna sampler: " + ", ".join(SAMPLERS)})
+    num_samples: int = field(default=8, metadata={"help": "trials per tuner (its unregularised trial included)"})
+    replicates: int = field(
+        default=3, metadata={"help": "runs per trial (data seeds x init seeds); objectives are replicate means"}
+    )
+    baselines: tuple[str, ...] = field(
+        default=BASELINES, metadata={"help": f"baselines scored with every sweep: {', '.join(BASELINES)}"}
+    )
+    manual_prompts: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "hand-written prompts of the manual baseline (default: suited to the task)"}
+    )
     max_concurrent: int = field(default=2, metadata={"help": "trials running at once, all tuners together"})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs each trial reserves"})
     gpus_per_trial: float = field(default=0.0, metadata={"help": "GPUs each trial reserves (fractions share a GPU)"})
     seed: int = field(default=0, metadata={"help": "seeds the Optuna sampler (trials keep their preset seed)"})
+    axis_labels: dict[str, str] = field(
+        default_factory=dict,
+        metadata={"help": "metric -> axis label of the exported figures (defaults: 'Test accuracy', ...)"},
+    )
     tracking_uri: str | None = field(default=None, metadata={"help": "MLflow URI; default sqlite:///<out>/mlflow.db"})
     ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the embedded local Ray (default all)"})
 
@@ -56,20 +82,44 @@ class SweepConfig:
         if not self.name or any(c in self.name for c in "/\\"):
             raise ConfigError(f"name={self.name!r} must be a non-empty name without slashes")
         if not self.tuners:
-            raise ConfigError(f"tuners is empty; choose from {available()}")
+            raise ConfigError(f"tuners is empty; choose from {[t for t in available() if t not in BASELINES]}")
+        for name in self.baselines:
+            if name not in BASELINES:
+                raise ConfigError(unknown_message("baseline", name, list(BASELINES)))
+        overlap = sorted(set(self.tuners) & set(self.baselines))
+        if overlap:
+            raise ConfigError(f"{overlap} are baselines; list them under baselines, not tuners")
+        known_problem = {f.name for f in dataclasses.fields(ProblemConfig)}
+        for key in self.problem:
+            if key not in known_problem:
+                raise ConfigError(f"problem: {unknown_message('problem field', key, sorted(known_problem))}")
         for tuner in self.tuners:
             get_tuner(tuner)  # unknown names raise with a suggestion
             cls = get_tuner(tuner).config_cls
-            make_config(cls, {**preset_values(self.preset, tuner), **self.tuner_config.get(tuner, {})})
             fields = {f.name for f in dataclasses.fields(cls)}
-            for weight, bounds in self.search.get(tuner, {}).items():
-                if weight not in fields:
-                    weights = sorted(f for f in fields if f.startswith("lambda"))
-                    raise ConfigError(f"search.{tuner}: {unknown_message('weight', weight, weights)}")
+            for knob, bounds in self.search.get(tuner, {}).items():
+                if knob not in fields:
+                    raise ConfigError(f"search.{tuner}: {unknown_message('knob', knob, searchable_knobs(cls))}")
                 if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
                     raise ConfigError(
-                        f"search.{tuner}.{weight}={list(bounds)} must be [low, high] with 0 < low < high "
-                        "(log scale; the weight 0 is reachable on its own)"
+                        f"search.{tuner}.{knob}={list(bounds)} must be [low, high] with 0 < low < high "
+                        "(log scale; the value 0, 'off', is reachable on its own)"
+                    )
+                if typing.get_type_hints(cls).get(knob) is int and not all(float(b).is_integer() for b in bounds):
+                    raise ConfigError(f"search.{tuner}.{knob}={list(bounds)}: {knob} is an integer; give whole bounds")
+        if self.replicates < 1:
+            raise ConfigError(f"replicates={self.replicates} must be >= 1")
+        if self.manual_prompts is not None and (not self.manual_prompts or not all(self.manual_prompts)):
+            raise ConfigError(f"manual_prompts={list(self.manual_prompts)} must be a non-empty list of non-empty texts")
+        configs = {t: make_config(get_tuner(t).config_cls, self.trial_values(t)) for t in self.runs()}
+        first, reference = next(iter(configs.items()))
+        for name, config in configs.items():
+            for key in SHARED_PROBLEM_FIELDS:
+                if getattr(config, key) != getattr(reference, key):
+                    raise ConfigError(
+                        f"{name} has {key}={getattr(config, key)!r} but {first} has {getattr(reference, key)!r}: every "
+                        "tuner and baseline of a sweep must share one problem to be comparable; set it once with "
+                        f"--set problem.{key}=VALUE (and drop it from tuner_config)"
                     )
         # Entries for tuners left out of this sweep are kept (a preset lists all its tuners' tables, and
         # `--set tuners=[pez]` should just work), but each must name a real tuner: a typo is an error.
@@ -78,9 +128,19 @@ class SweepConfig:
                 get_tuner(extra)
         if len(self.objectives) < 2:
             raise ConfigError(f"objectives={self.objectives} needs at least 2 metrics for a Pareto front")
+        for metric, label in self.axis_labels.items():
+            if metric not in METRICS:
+                raise ConfigError(f"axis_labels: {unknown_message('metric', metric, sorted(METRICS))}")
+            if not isinstance(label, str) or not label:
+                raise ConfigError(f"axis_labels.{metric}={label!r} must be a non-empty text")
         for name in self.objectives:
             if name not in METRICS:
                 raise ConfigError(unknown_message("objective metric", name, sorted(METRICS)))
+            if "test" in name:
+                raise ConfigError(
+                    f"objective {name!r} is measured on test data, which must never steer the search; use its dev "
+                    "counterpart (test accuracy is reported with every trial)"
+                )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler={self.sampler!r} is not one of {SAMPLERS}")
         for key in ("num_samples", "max_concurrent"):
@@ -94,11 +154,38 @@ class SweepConfig:
             raise ConfigError(f"gpus_per_trial={self.gpus_per_trial}: above 1 it must be a whole number")
 
     def trial_values(self, tuner: str) -> dict[str, Any]:
-        """The plain config values of one tuner's trials, before the searched weights are set."""
-        return {**preset_values(self.preset, tuner), **self.tuner_config.get(tuner, {})}
+        """The plain config values of one tuner's trials, before a fixed trial's or the search's values."""
+        return {**preset_values(self.preset, tuner), **self.problem, **self.tuner_config.get(tuner, {})}
+
+    def runs(self) -> tuple[str, ...]:
+        """Every tuner a sweep runs: its learned tuners, then its baselines."""
+        return (*self.tuners, *self.baselines)
+
+    def fixed_trials(self) -> dict[str, list[dict[str, Any]]]:
+        """Per tuner, the trials that run as given: each learned tuner's unregularised one, each baseline's."""
+        fixed: dict[str, list[dict[str, Any]]] = {tuner: [{}] for tuner in self.tuners}
+        for name in self.baselines:
+            if name == "manual":
+                fixed[name] = [{"prompt_text": text} for text in self.resolved_manual_prompts()]
+            else:
+                fixed[name] = [{}]
+        return fixed
+
+    def resolved_manual_prompts(self) -> tuple[str, ...]:
+        if self.manual_prompts is not None:
+            return self.manual_prompts
+        values = self.trial_values(self.tuners[0])
+        defaults = ProblemConfig()
+        verbalizer = values.get("verbalizer", defaults.verbalizer)
+        return default_manual_prompts(tuple(verbalizer), values.get("template", defaults.template))
 
     def to_dict(self) -> dict[str, Any]:
         return json_ready(dataclasses.asdict(self))
+
+
+def searchable_knobs(cls: type[ProblemConfig]) -> list[str]:
+    """Fields a sweep may search: the interpretability weights ``lambda_*`` and ``fluent_top_k``."""
+    return sorted(f.name for f in dataclasses.fields(cls) if f.name.startswith("lambda_") or f.name == "fluent_top_k")
 
 
 def json_ready(value: Any) -> Any:
@@ -132,17 +219,20 @@ def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mappin
         if key not in known:
             raise ConfigError(unknown_message("sweep config key", key, sorted(known)))
     values["tuners"] = _as_tuple(values.get("tuners", ()), "tuners")
-    if "objectives" in values:
-        values["objectives"] = _as_tuple(values["objectives"], "objectives")
+    for key in ("objectives", "baselines", "manual_prompts"):
+        if values.get(key) is not None:
+            values[key] = _as_tuple(values[key], key, split=key != "manual_prompts")
     values["search"] = {t: {w: tuple(b) for w, b in s.items()} for t, s in (values.get("search") or {}).items()}
-    for key in ("num_samples", "max_concurrent", "seed"):
-        if key in values and not isinstance(values[key], int):
+    for key in ("num_samples", "max_concurrent", "seed", "replicates"):
+        if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool)):
             raise ConfigError(f"{key}={values[key]!r} must be an integer")
     return SweepConfig(**values)
 
 
-def _as_tuple(value: Any, key: str) -> tuple:
+def _as_tuple(value: Any, key: str, *, split: bool = True) -> tuple:
     if isinstance(value, str):
+        if not split:
+            return (value,)
         return tuple(v.strip() for v in value.split(",") if v.strip())
     if isinstance(value, (list, tuple)):
         return tuple(value)

@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from sweep.exports import front_table_text, write_exports
-    from sweep.pareto import compute_fronts
 
     try:
         parent = args.parent_run_id or mlflow_log.latest_parent(args.tracking_uri, args.experiment)
@@ -37,13 +36,14 @@ def main(argv: list[str] | None = None) -> int:
             else mlflow_log.parent_objectives(args.tracking_uri, parent)
         )
         table = mlflow_log.trials_table(args.tracking_uri, parent)
+        labels = mlflow_log.parent_labels(args.tracking_uri, parent)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    annotated = write_exports(table, out, objectives)
-    print(front_table_text(annotated, compute_fronts(annotated, objectives)))
-    print(f"\nwrote {out}: {len(annotated)} trials of sweep {parent}")
+    exported = write_exports(table, out, objectives, labels=labels)
+    print(front_table_text(exported.table, exported.fronts))
+    print(f"\nwrote {out}: {len(exported.table)} trials of sweep {parent}")
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +25,11 @@ logger = logging.getLogger(__name__)
 ROLE = "promptsweep.role"
 SEARCHED = "promptsweep.searched"
 OBJECTIVES = "promptsweep.objectives"
+LABELS = "promptsweep.axis_labels"
 PARAM_PREFIX = "param/"
+REPLICATE_PROMPTS = "replicate_prompts"
+# Per-step metrics: ``rep<i>/dev/acc`` etc. (and the older unprefixed ``dev/``, ``train/``); not final metrics.
+_HISTORY = re.compile(r"^(rep\d+/)?(dev|train)/")
 
 
 def _client(tracking_uri: str) -> Any:
@@ -37,7 +43,13 @@ def default_tracking_uri(out: Path) -> str:
 
 
 def start_parent(
-    tracking_uri: str, experiment: str, *, params: Mapping[str, Any], objectives: Sequence[str], artifact_root: Path
+    tracking_uri: str,
+    experiment: str,
+    *,
+    params: Mapping[str, Any],
+    objectives: Sequence[str],
+    artifact_root: Path,
+    labels: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """Create (or reuse) the experiment and start the sweep's parent run; returns their ids."""
     client = _client(tracking_uri)
@@ -52,7 +64,7 @@ def start_parent(
     run = client.create_run(
         experiment_id,
         run_name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE: "parent", OBJECTIVES: json.dumps(list(objectives))},
+        tags={ROLE: "parent", OBJECTIVES: json.dumps(list(objectives)), LABELS: json.dumps(dict(labels or {}))},
     )
     log_params(client, run.info.run_id, params)
     return experiment_id, run.info.run_id
@@ -120,9 +132,19 @@ class TrialRun:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
-    def finish(self, *, prompt_text: str, prompt_ids: list[int], result: Mapping[str, Any]) -> None:
+    def finish(
+        self,
+        *,
+        prompt_text: str,
+        prompt_ids: list[int],
+        result: Mapping[str, Any],
+        replicate_prompts: Sequence[str] = (),
+    ) -> None:
+        """Close the run: the representative prompt as tags and ``prompt.txt``, every replicate's prompt as a
+        tag (JSON list), the whole result as ``result.json``."""
         self.client.set_tag(self.run_id, "prompt_text", prompt_text[:5000])
         self.client.set_tag(self.run_id, "prompt_ids", json.dumps(prompt_ids))
+        self.client.set_tag(self.run_id, REPLICATE_PROMPTS, json.dumps(list(replicate_prompts))[:5000])
         self.client.log_text(self.run_id, prompt_text, "prompt.txt")
         self.client.log_dict(self.run_id, dict(result), "result.json")
         self.client.set_terminated(self.run_id, "FINISHED")
@@ -132,8 +154,23 @@ class TrialRun:
         self.client.set_terminated(self.run_id, "FAILED")
 
 
-def finish_parent(tracking_uri: str, run_id: str, *, files: Sequence[Path], status: str = "FINISHED") -> None:
+def finish_parent(
+    tracking_uri: str,
+    run_id: str,
+    *,
+    files: Sequence[Path],
+    metrics: Mapping[str, float] | None = None,
+    status: str = "FINISHED",
+) -> None:
+    """Close the parent run with the sweep's exports as artifacts and its sweep-level metrics (hypervolumes,
+    shares of front points beating each baseline), so sweeps can be compared in the MLflow UI."""
+    from mlflow.entities import Metric
+
     client = _client(tracking_uri)
+    now = int(time.time() * 1000)
+    finite = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
+    if finite:
+        client.log_batch(run_id, metrics=finite)
     for path in files:
         if path.exists():
             client.log_artifact(run_id, str(path))
@@ -157,6 +194,11 @@ def latest_parent(tracking_uri: str, experiment: str) -> str:
 
 def parent_objectives(tracking_uri: str, parent_run_id: str) -> list[str]:
     return json.loads(_client(tracking_uri).get_run(parent_run_id).data.tags[OBJECTIVES])
+
+
+def parent_labels(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
+    """The axis labels a sweep was exported with (empty for sweeps recorded before labels were)."""
+    return json.loads(_client(tracking_uri).get_run(parent_run_id).data.tags.get(LABELS, "{}"))
 
 
 def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
@@ -184,10 +226,10 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
         }
         for weight in json.loads(tags.get(SEARCHED, "[]")):
             row[PARAM_PREFIX + weight] = float(params[weight])
-        history = {key for key in run.data.metrics if key.startswith(("dev/", "train/"))}
-        row.update({k: float(v) for k, v in run.data.metrics.items() if k not in history})
+        row.update({k: float(v) for k, v in run.data.metrics.items() if not _HISTORY.match(k)})
         row["prompt_text"] = tags.get("prompt_text", "")
         row["prompt_ids"] = json.loads(tags.get("prompt_ids", "[]"))
+        row[REPLICATE_PROMPTS] = json.loads(tags.get(REPLICATE_PROMPTS, "[]"))
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

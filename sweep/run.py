@@ -81,13 +81,8 @@ class ResourceError(RuntimeError):
 
 
 def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
-    """Run every tuner's Tune experiment, then export. Returns what ``sweep.json`` holds."""
+    """Plan, run every trial in one Tune run, then export. Returns what ``sweep.json`` holds."""
     import ray
-    from ray import tune
-
-    from sweep.exports import front_table_text, write_exports
-    from sweep.search import MultiTunerSearch, make_searcher
-    from sweep.trainable import TrialContext, run_trial
 
     started = time.time()
     out.mkdir(parents=True, exist_ok=True)
@@ -101,98 +96,132 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
             params=config.to_dict(),
             objectives=config.objectives,
             artifact_root=out / "mlartifacts",
+            labels=config.axis_labels,
         )
         logger.info("MLflow: %s experiment %r parent run %s", tracking_uri, config.name, parent)
         timings: dict[str, float] = {}
-        status = "FINISHED"
+        status = "FAILED"
         try:
             t0 = time.time()
-            contexts = {
-                tuner: TrialContext(
-                    tuner=tuner,
-                    values=config.trial_values(tuner),
-                    weights=tuple(config.search.get(tuner, {})),
-                    tracking_uri=tracking_uri,
-                    experiment_id=experiment_id,
-                    parent_run_id=parent,
-                )
-                for tuner in config.tuners
-            }
-            searchers = {
-                tuner: make_searcher(
-                    ranges=config.search.get(tuner, {}),
-                    objectives=config.objectives,
-                    sampler=config.sampler,
-                    seed=config.seed,
-                    storage_path=out / "optuna.db",
-                    study_name=f"{config.name}-{tuner}-{parent[:8]}",
-                )
-                for tuner in config.tuners
-            }
-            resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
-            trainable = tune.with_resources(tune.with_parameters(run_trial, contexts=contexts), resources)
-            grid = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=MultiTunerSearch(searchers, weights=config.search, num_samples=config.num_samples),
-                    num_samples=config.num_samples * len(config.tuners),
-                    max_concurrent_trials=config.max_concurrent,
-                    # Trials share an actor process one after another, so the model and data loaded by the
-                    # first (cached per process) serve the rest.
-                    reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=config.name,
-                    storage_path=str(out / "ray"),
-                    verbose=1,
-                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                ),
-            ).fit()
-            errors = [r.error for r in grid if r.error is not None]
-            if errors:
-                logger.warning("%d of %d trials failed; first error: %s", len(errors), len(grid), errors[0])
+            _tune(config, out, tracking_uri, experiment_id, parent)
             timings["tune_s"] = time.time() - t0
-        except BaseException:
-            status = "FAILED"
-            raise
+            status = "FINISHED"
         finally:
             # Whatever happened, the trials already in MLflow are exported: nothing that ran is lost.
-            table = mlflow_log.trials_table(tracking_uri, parent)
-            annotated = write_exports(table, out, config.objectives)
-            timings["total_s"] = time.time() - started
-            summary = {
-                "config": config.to_dict(),
-                "tracking_uri": tracking_uri,
-                "experiment": config.name,
-                "experiment_id": experiment_id,
-                "parent_run_id": parent,
-                "ray_storage_path": str(out / "ray"),
-                "optuna_storage": f"sqlite:///{out / 'optuna.db'}",
-                "cluster_resources": ray.cluster_resources(),
-                "trials_finished": len(annotated),
-                "timings": timings,
-                "status": status,
-                "versions": _versions(),
-            }
-            (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-            mlflow_log.finish_parent(
-                tracking_uri,
-                parent,
-                files=[out / f for f in ("sweep.json", "trials.parquet", "pareto.pdf", "pareto.png", "front.tex")],
-                status=status,
-            )
-        print(front_table_text(annotated, _fronts(annotated, config)))
-        print(f"\nwrote {out} (trials.parquet, pareto.pdf/svg/png, front.tex, sweep.json); MLflow: {tracking_uri}")
+            summary = _finish(config, out, tracking_uri, experiment_id, parent, status, timings, started)
         return summary
     finally:
         if started_ray:
             ray.shutdown()
 
 
-def _fronts(annotated: Any, config: SweepConfig) -> Any:
-    from sweep.pareto import compute_fronts
+def _tune(config: SweepConfig, out: Path, tracking_uri: str, experiment_id: str, parent: str) -> None:
+    """One Tune run for every tuner and baseline: fixed trials first, then each tuner's Optuna search."""
+    from ray import tune
 
-    return compute_fronts(annotated, list(config.objectives))
+    from sweep.search import MultiTunerSearch, integer_knobs_of, make_searcher, sampled_budget
+    from sweep.trainable import TrialContext, run_trial
+    from tuners import get_tuner
+
+    fixed = config.fixed_trials()
+    knobs = {tuner: tuple(config.search.get(tuner, {})) for tuner in config.runs()}
+    integers = {tuner: integer_knobs_of(get_tuner(tuner).config_cls, knobs[tuner]) for tuner in config.runs()}
+    contexts = {
+        tuner: TrialContext(
+            tuner=tuner,
+            values=config.trial_values(tuner),
+            weights=knobs[tuner],
+            integer_knobs=integers[tuner],
+            tracking_uri=tracking_uri,
+            experiment_id=experiment_id,
+            parent_run_id=parent,
+            replicates=config.replicates,
+        )
+        for tuner in config.runs()
+    }
+    searchers = {
+        tuner: make_searcher(
+            ranges=config.search[tuner],
+            objectives=config.objectives,
+            sampler=config.sampler,
+            seed=config.seed,
+            budget=sampled_budget(config.num_samples, fixed[tuner]),
+            storage_path=out / "optuna.db",
+            study_name=f"{config.name}-{tuner}-{parent[:8]}",
+            integer_knobs=integers[tuner],
+        )
+        for tuner in config.tuners
+        if config.search.get(tuner)
+    }
+    search = MultiTunerSearch(searchers, fixed=fixed, knobs=knobs, num_samples=config.num_samples, seed=config.seed)
+    resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, contexts=contexts), resources)
+    grid = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            num_samples=search.total_trials,
+            max_concurrent_trials=config.max_concurrent,
+            # Trials share an actor process one after another, so the model and data loaded by the
+            # first (cached per process) serve the rest.
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=str(out / "ray"),
+            verbose=1,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+        ),
+    ).fit()
+    errors = [r.error for r in grid if r.error is not None]
+    if errors:
+        logger.warning("%d of %d trials failed; first error: %s", len(errors), len(grid), errors[0])
+
+
+def _finish(
+    config: SweepConfig,
+    out: Path,
+    tracking_uri: str,
+    experiment_id: str,
+    parent: str,
+    status: str,
+    timings: dict[str, float],
+    started: float,
+) -> dict[str, Any]:
+    """Exports from MLflow, ``sweep.json``, the parent run's metrics and artifacts, the console table."""
+    import ray
+
+    from sweep.exports import front_table_text, write_exports
+
+    table = mlflow_log.trials_table(tracking_uri, parent)
+    exported = write_exports(table, out, config.objectives, labels=config.axis_labels)
+    timings["total_s"] = time.time() - started
+    summary = {
+        "config": config.to_dict(),
+        "tracking_uri": tracking_uri,
+        "experiment": config.name,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent,
+        "ray_storage_path": str(out / "ray"),
+        "optuna_storage": f"sqlite:///{out / 'optuna.db'}",
+        "cluster_resources": ray.cluster_resources(),
+        "trials_finished": len(exported.table),
+        "summary_metrics": exported.summary_metrics,
+        "timings": timings,
+        "status": status,
+        "versions": _versions(),
+    }
+    (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    mlflow_log.finish_parent(
+        tracking_uri,
+        parent,
+        files=[out / name for name in exported.files + ["sweep.json"]],
+        metrics=exported.summary_metrics,
+        status=status,
+    )
+    print(front_table_text(exported.table, exported.fronts))
+    print(f"\nwrote {out} ({', '.join(exported.files)}, sweep.json); MLflow: {tracking_uri}")
+    return summary
 
 
 def _init_ray(config: SweepConfig) -> bool:

@@ -1,8 +1,10 @@
-"""The Ray Tune trainable: one trial = one tuner run with the weights Optuna chose.
+"""The Ray Tune trainable: one trial = one configuration (a fixed one, or the knobs Optuna chose), measured
+on the sweep's replicates.
 
 The tuner knows nothing of Ray or MLflow; its ``report`` callback is adapted here to the trial's MLflow
-child run. Tune is told once, at the end, with the final metrics: Optuna only learns a trial's last result,
-so that result must carry the final objectives.
+child run (per-step metrics under ``rep<i>/``). Tune is told once, at the end, with the replicate means
+(and their spreads): Optuna only learns a trial's last result, so that result must carry the final
+objectives.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sweep.mlflow_log import TrialRun
-from sweep.search import weights_from_params
+from sweep.search import knobs_from_params
 from tuners import get_tuner, make_config
+from tuners.replicates import run_replicates
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +31,23 @@ class TrialContext:
     tuner: str
     values: dict[str, Any]
     weights: tuple[str, ...]
+    integer_knobs: frozenset[str]
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    replicates: int = 1
 
 
 def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
-    """``config`` is ``{"tuner": name, "params": {...Optuna's sample...}}`` (see ``MultiTunerSearch``)."""
+    """``config`` is ``{"tuner": name, "params": {...Optuna's sample...}, "fixed": {...config values...}}``
+    (see ``MultiTunerSearch``): a fixed trial has no params, a sampled one no fixed values."""
     import ray
     from ray import tune
 
     context = contexts[config["tuner"]]
     tuner = get_tuner(context.tuner)
-    weights = weights_from_params(config["params"], context.weights)
-    tuner_config = make_config(tuner.config_cls, {**context.values, **weights})
+    weights = knobs_from_params(config.get("params", {}), context.weights, context.integer_knobs)
+    tuner_config = make_config(tuner.config_cls, {**context.values, **config.get("fixed", {}), **weights})
     trial_id = tune.get_context().get_trial_id() or "local"
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     run = TrialRun(
@@ -59,18 +66,28 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
         },
     )
+
+    def report(replicate: int, step: int, metrics: Mapping[str, float]) -> None:
+        run.log_metrics({f"rep{replicate}/{k}": v for k, v in metrics.items()}, step)
+
     try:
-        result = tuner.run(tuner_config, report=lambda step, metrics: run.log_metrics(metrics, step))
+        result = run_replicates(tuner, tuner_config, context.replicates, report=report)
     except BaseException as err:
         run.fail(err)
         raise
-    run.log_metrics(result.metrics, result.steps)
-    run.finish(prompt_text=result.prompt_text, prompt_ids=result.prompt_ids, result=result.to_json())
+    prompt = result.prompt
+    run.log_metrics(result.metrics, max(r.steps for r in result.results))
+    run.finish(
+        prompt_text=prompt.prompt_text,
+        prompt_ids=prompt.prompt_ids,
+        result=result.to_json(),
+        replicate_prompts=result.prompt_texts,
+    )
     tune.report(
         {
             **result.metrics,
             **{f"param/{w}": v for w, v in weights.items()},
-            "prompt_text": result.prompt_text,
+            "prompt_text": prompt.prompt_text,
             "mlflow_run_id": run.run_id,
             "wall_s": result.wall_s,
         }

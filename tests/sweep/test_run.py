@@ -14,6 +14,9 @@ from objectives.problem import ConfigError
 from sweep.config import load_sweep_config
 
 TUNERS = ("pez", "soft", "rlprompt")
+BASELINES = ("no_prompt", "manual", "lm_sample")
+# 3 trials per learned tuner (the unregularised one included), 1 no-prompt, 3 hand-written, 1 LM-sampled.
+N_TRIALS = 3 * 3 + 1 + 3 + 1
 CONTRACT = ("trials.parquet", "pareto.pdf", "pareto.svg", "pareto.png", "front.tex", "sweep.json")
 
 
@@ -34,13 +37,7 @@ def smoke_sweep(local_ray, tmp_path_factory, task_dir):
     config = load_sweep_config(
         "smoke",
         config_file=None,
-        overrides={
-            "num_samples": 3,
-            "tuner_config.pez.task": str(task_dir),
-            "tuner_config.pez.k_shot": None,
-            "tuner_config.soft.task": str(task_dir),
-            "tuner_config.soft.k_shot": None,
-        },
+        overrides={"num_samples": 3, "problem.task": str(task_dir), "problem.k_shot": None},
     )
     start = time.time()
     summary = run_sweep(config, out)
@@ -55,13 +52,14 @@ def test_writes_every_file_of_the_contract(smoke_sweep):
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["experiment"] == "smoke" and saved["tracking_uri"].startswith("sqlite:///")
     assert saved["config"]["tuners"] == list(TUNERS) and saved["status"] == "FINISHED"
-    assert saved["trials_finished"] == 9
+    assert saved["trials_finished"] == N_TRIALS
+    assert saved["summary_metrics"]["hypervolume/all"] > 0
 
 
 def test_trials_table_columns_and_front(smoke_sweep):
     out, _, config, _ = smoke_sweep
     table = pq.read_table(out / "trials.parquet").to_pandas()
-    assert len(table) == 9 and sorted(table["tuner"].unique()) == sorted(TUNERS)
+    assert len(table) == N_TRIALS and sorted(table["tuner"].unique()) == sorted(TUNERS + BASELINES)
     for column in (
         "param/lambda_ppl",
         "param/lambda_dist",
@@ -77,10 +75,13 @@ def test_trials_table_columns_and_front(smoke_sweep):
         assert column in table.columns, column
     # The all-zero (unregularised) configuration is evaluated for each tuner; rlprompt has no lambda_dist.
     unregularised = (table["param/lambda_ppl"] == 0) & (table["param/lambda_dist"].fillna(0) == 0)
-    assert unregularised.groupby(table["tuner"]).any().all()
+    assert unregularised.groupby(table["tuner"]).any()[list(TUNERS)].all()
+    assert table.loc[table["tuner"].isin(BASELINES), "param/lambda_ppl"].isna().all()
     assert table.loc[table["tuner"] == "rlprompt", "param/lambda_dist"].isna().all()
     values = table[["task/acc_dev", "interp/scrutability"]].to_numpy()  # both maximised
     for tuner, rows in table.groupby("tuner"):
+        if tuner in BASELINES:
+            continue
         expected = _brute_force_front(values[rows.index])
         assert list(rows["is_pareto"]) == list(expected), tuner
     assert list(table["is_pareto_all"]) == list(_brute_force_front(values))
@@ -94,13 +95,37 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(smoke_sweep):
     runs = mlflow.search_runs(experiment_names=["smoke"])
     parents = runs[runs["tags.promptsweep.role"] == "parent"]
     children = runs[runs["tags.mlflow.parentRunId"] == summary["parent_run_id"]]
-    assert len(parents) == 1 and len(children) == 9
-    assert set(children["tags.tuner"]) == set(TUNERS)
+    assert len(parents) == 1 and len(children) == N_TRIALS
+    assert set(children["tags.tuner"]) == set(TUNERS + BASELINES)
+    assert set(children.loc[children["tags.tuner"] == "manual", "tags.prompt_text"]) == {
+        " It was",
+        " All in all, the movie was",
+        " My rating: the film is",
+    }
+    parent = mlflow.MlflowClient(summary["tracking_uri"]).get_run(summary["parent_run_id"])
+    assert parent.data.metrics["hypervolume/all"] == summary["summary_metrics"]["hypervolume/all"]
     assert (children["status"] == "FINISHED").all()
     assert children["tags.ray.node_id"].notna().all()
-    child = children.iloc[0]
-    history = mlflow.MlflowClient(summary["tracking_uri"]).get_metric_history(child["run_id"], "dev/acc")
-    assert len(history) >= 2  # per-step metrics, not only the final ones
+    client = mlflow.MlflowClient(summary["tracking_uri"])
+    child = children[children["tags.tuner"] == "pez"].iloc[0]
+    for replicate in (0, 1):  # per-step metrics of every replicate, not only the final ones
+        assert len(client.get_metric_history(child["run_id"], f"rep{replicate}/dev/acc")) >= 2
+
+
+def test_every_trial_carries_its_replicates_and_the_baseline_comparisons(smoke_sweep):
+    out, _, _, _ = smoke_sweep
+    table = pq.read_table(out / "trials.parquet").to_pandas()
+    for key in ("task/acc_test", "task/acc_dev", "interp/scrutability"):
+        per_replicate = table[[f"{key}.r0", f"{key}.r1"]].to_numpy()
+        assert np.allclose(table[key], per_replicate.mean(axis=1))
+        assert np.allclose(table[f"{key}.std"], per_replicate.std(axis=1, ddof=1))
+        assert (table[f"{key}.ci95"] >= 0).all()
+    assert table["replicate_prompts"].map(len).eq(2).all()
+    for baseline in BASELINES:
+        assert table[f"beats/{baseline}"].dtype == bool
+        assert table.loc[table["tuner"] == baseline, f"vs/{baseline}/diff"].isna().all()
+    no_prompt = table[table["tuner"] == "no_prompt"].iloc[0]
+    assert no_prompt["prompt_text"] == "" and no_prompt["task/acc_test"] == no_prompt["baseline/acc_test"]
 
 
 def test_export_from_mlflow_gives_the_same_front(smoke_sweep, tmp_path):
@@ -142,6 +167,18 @@ def test_too_many_gpus_fails_in_seconds_naming_both_numbers(local_ray, tmp_path)
 def test_bad_sweep_config_is_a_clear_error(overrides, message):
     with pytest.raises((ConfigError, KeyError), match=message.replace("(", r"\(").replace("?", r"\?")):
         load_sweep_config("smoke", config_file=None, overrides=overrides)
+
+
+def test_test_metrics_never_steer_the_search():
+    with pytest.raises(ConfigError, match="measured on test data, which must never steer the search"):
+        load_sweep_config("smoke", config_file=None, overrides={"objectives": ["task/acc_test", "interp/scrutability"]})
+
+
+def test_tuners_and_baselines_must_share_one_problem(task_dir):
+    with pytest.raises(ConfigError, match=r"soft has task=.* but pez has .*--set problem.task=VALUE"):
+        load_sweep_config("smoke", config_file=None, overrides={"tuner_config.pez.task": str(task_dir)})
+    config = load_sweep_config("smoke", config_file=None, overrides={"problem.task": str(task_dir)})
+    assert {config.trial_values(t)["task"] for t in config.runs()} == {str(task_dir)}
 
 
 def test_a_subset_of_the_presets_tuners():

@@ -1,0 +1,93 @@
+"""Does a prompt beat the baselines on held-out data, beyond the replicate intervals?
+
+Every trial and every baseline is measured on the same replicates (same data splits, same test set), so a
+row and a baseline are compared *paired*: per replicate ``i``, ``d_i = row.r_i - baseline.r_i`` on test
+accuracy; the row beats the baseline when the 95 % interval of the mean of ``d`` lies above 0
+(``objectives.stats.paired_difference``). With one replicate there is no interval and nothing is claimed.
+
+A baseline tuner with several rows (``manual``: one per hand-written prompt) is represented by its best row
+on the compared metric, so "beats manual" means "beats the best hand-written prompt" — the strictest
+reading, chosen on test because it is the reference a reader would pick, never a prompt we report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from objectives.stats import paired_difference, replicate_values
+from tuners.baselines import BASELINES
+
+TEST_METRIC = "task/acc_test"
+
+
+def beats_column(baseline: str) -> str:
+    return f"beats/{baseline}"
+
+
+def diff_columns(baseline: str) -> tuple[str, str, str]:
+    """Columns of the paired difference against ``baseline``: mean, low and high of its 95 % interval."""
+    return f"vs/{baseline}/diff", f"vs/{baseline}/low", f"vs/{baseline}/high"
+
+
+def baselines_in(table: pd.DataFrame) -> list[str]:
+    """Baseline tuners present in ``table``, in :data:`BASELINES` order."""
+    present = set(table["tuner"].astype(str)) if len(table) else set()
+    return [b for b in BASELINES if b in present]
+
+
+def reference_row(table: pd.DataFrame, baseline: str, metric: str = TEST_METRIC) -> int | None:
+    """Positional index of ``baseline``'s best row on ``metric`` (first on ties); ``None`` when absent."""
+    rows = np.flatnonzero(table["tuner"].astype(str).to_numpy() == baseline)
+    if not len(rows) or metric not in table:
+        return None
+    values = table[metric].to_numpy(dtype=np.float64, na_value=np.nan)[rows]
+    if not np.isfinite(values).any():
+        return None
+    return int(rows[int(np.nanargmax(values))])
+
+
+def compare_to_baselines(table: pd.DataFrame, metric: str = TEST_METRIC) -> pd.DataFrame:
+    """``table`` with, per baseline present, the paired difference columns and a bool ``beats/<baseline>``.
+
+    Rows of the baseline itself get NaN differences and ``False``.
+    """
+    out = table.copy()
+    records = out.to_dict("records")
+    for baseline in baselines_in(table):
+        ref = reference_row(table, baseline, metric)
+        reference = replicate_values(records[ref], metric) if ref is not None else []
+        diffs: list[tuple[float, float, float]] = []
+        for row in records:
+            values = replicate_values(row, metric)
+            if str(row["tuner"]) == baseline or not reference or len(values) != len(reference):
+                diffs.append((math.nan, math.nan, math.nan))
+                continue
+            d = paired_difference(values, reference)
+            diffs.append((d.mean, d.low, d.high))
+        for column, values in zip(diff_columns(baseline), zip(*diffs, strict=True), strict=True):
+            out[column] = np.array(values, dtype=np.float64)
+        low = out[diff_columns(baseline)[1]].to_numpy(dtype=np.float64)
+        out[beats_column(baseline)] = np.nan_to_num(low, nan=-1.0) > 0
+    return out
+
+
+def front_beats_share(table: pd.DataFrame, is_pareto: Sequence[bool], tuners: Sequence[str]) -> dict[str, float]:
+    """``front_beats/<baseline>/<tuner>``: the share of a learned tuner's front points that beat ``baseline``."""
+    shares: dict[str, float] = {}
+    tuner_of_row = table["tuner"].astype(str).to_numpy() if len(table) else np.zeros(0, dtype=object)
+    mask = np.asarray(is_pareto, dtype=bool)
+    for baseline in baselines_in(table):
+        column = beats_column(baseline)
+        if column not in table:
+            continue
+        for tuner in tuners:
+            if tuner in BASELINES:
+                continue
+            front = mask & (tuner_of_row == tuner)
+            if front.any():
+                shares[f"front_beats/{baseline}/{tuner}"] = float(table[column].to_numpy()[front].mean())
+    return shares
