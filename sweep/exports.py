@@ -1,14 +1,18 @@
 """Exports of a sweep's trials: ``trials.parquet``, the Pareto figure and a LaTeX table of the fronts.
 
 :func:`write_exports` is what a sweep (and ``sweep.export``, rebuilding from MLflow) calls at the end;
-:func:`front_latex` and :func:`front_table_text` render the fronts for a paper and for a terminal.
+:func:`front_latex` and :func:`front_table_text` render the fronts for a paper and for a terminal. The fronts
+are the search's own (dev-side objectives); every export also shows the held-out test accuracy of the same
+points, their replicate spread, and the baselines (no prompt, hand-written, LM-sampled) as references with
+which of them each point beats on test.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +22,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from objectives.metrics import METRICS, metric_info
+from objectives.stats import CI95, REPLICATE, STD
+from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share
 from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, objective_matrix
-from sweep.plots import draw, pareto_plot, tuner_order
+from sweep.plots import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
+from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
 
 TEST_METRIC = "task/acc_test"
 TEXT_COLUMNS = ("tuner", "trial_id", "mlflow_run_id", "prompt_text")
 FLAG_COLUMNS = ("is_pareto", "is_pareto_all", "proxy_gamed")
+PARAM_PREFIX = "param/"
+# Short names of the baselines in the "beats" columns; the LaTeX caption spells them out.
+BASELINE_ABBREVIATIONS = {"no_prompt": "NP", "manual": "HW", "lm_sample": "LM"}
+# The figure's views and their file stems: the test view is the default figure a paper shows.
+PLOT_STEMS = {"test": "pareto", "dev": "pareto_dev"}
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}",
@@ -86,8 +98,15 @@ def _number(value: Any, *, digits: int = 3) -> str:
     return f"{number:.{digits}f}" if math.isfinite(number) else "--"
 
 
+def _is_baseline(tuner: str) -> bool:
+    return tuner in BASELINES
+
+
 def _front_rows(table: pd.DataFrame, fronts: Fronts) -> list[tuple[str, list[int]]]:
-    """Per tuner (plot order), positional indices of its front, best first on the first objective."""
+    """Per learned tuner (plot order), positional indices of its front, best first on the first objective.
+
+    Baselines are left out: they are references, listed in their own block (:func:`_baseline_rows`).
+    """
     if len(fronts.is_pareto) != len(table):
         raise ValueError(f"fronts cover {len(fronts.is_pareto)} trials but the table has {len(table)} rows")
     if len(table) == 0:
@@ -95,7 +114,7 @@ def _front_rows(table: pd.DataFrame, fronts: Fronts) -> list[tuple[str, list[int
     values = objective_matrix(table, fronts.objectives)
     tuner_of_row = table["tuner"].astype(str).to_numpy(dtype=object)
     groups = []
-    for tuner in tuner_order(list(dict.fromkeys(tuner_of_row.tolist()))):
+    for tuner in tuner_order([t for t in dict.fromkeys(tuner_of_row.tolist()) if not _is_baseline(t)]):
         rows = np.flatnonzero((tuner_of_row == tuner) & fronts.is_pareto)
         # Descending on every objective in turn (maximisation space), stable so ties keep table order.
         keys = tuple(-values[rows, j] for j in reversed(range(values.shape[1])))
@@ -103,6 +122,87 @@ def _front_rows(table: pd.DataFrame, fronts: Fronts) -> list[tuple[str, list[int
         if len(rows):
             groups.append((tuner, rows.tolist()))
     return groups
+
+
+def _baseline_rows(table: pd.DataFrame) -> list[tuple[str, list[int]]]:
+    """Per baseline present (:data:`BASELINES` order), all its rows in table order: every hand-written prompt
+    is a reference of its own, not only the best one."""
+    if len(table) == 0:
+        return []
+    tuner_of_row = table["tuner"].astype(str).to_numpy(dtype=object)
+    groups = []
+    for baseline in BASELINES:
+        rows = np.flatnonzero(tuner_of_row == baseline)
+        if len(rows):
+            groups.append((baseline, rows.tolist()))
+    return groups
+
+
+def _shown_metrics(table: pd.DataFrame, fronts: Fronts, extra: Sequence[str] = ()) -> list[str]:
+    """The metric columns of the tables: each objective followed by its held-out counterpart (the test
+    accuracy of the same prompts, next to the dev objective it was selected on), then ``extra`` columns the
+    table has. A table without test accuracy columns shows the objectives alone."""
+    columns: list[str] = []
+    for name in fronts.objectives:
+        for column in (name, held_out_metric(name, table)):
+            if column not in columns and (column == name or column in table.columns):
+                columns.append(column)
+    if TEST_METRIC in table.columns and TEST_METRIC not in columns:
+        columns.append(TEST_METRIC)
+    columns += [c for c in extra if c in table.columns and c not in columns]
+    return columns
+
+
+def _value(table: pd.DataFrame, column: str, row: int) -> float:
+    if column not in table.columns:
+        return math.nan
+    try:
+        return float(table[column].iloc[row])
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _dedupe(table: pd.DataFrame, rows: Sequence[int], columns: Sequence[str]) -> list[tuple[int, int]]:
+    """``(first row, count)`` per group of rows with the same tuner, prompt and values of ``columns`` (means,
+    stds and half-widths; NaN equals NaN): trials that ended on the same prompt with the same scores are one
+    result to a reader, however many weight settings led there. Order of first appearance."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key = (str(table["tuner"].iloc[row]), _prompt(table, row)) + tuple(
+            repr(_value(table, c + suffix, row)) for c in columns for suffix in ("", STD, CI95)
+        )
+        groups.setdefault(key, []).append(row)
+    return [(members[0], len(members)) for members in groups.values()]
+
+
+def _beaten(table: pd.DataFrame, row: int) -> str:
+    """Abbreviations of the baselines ``row`` beats on test beyond the intervals (``"NP, LM"``); ``"none"``
+    when it beats none it was compared with; ``"--"`` when it could be compared with none (one replicate,
+    or only its own baseline)."""
+    beaten, compared = [], False
+    for baseline in BASELINES:
+        if beats_column(baseline) not in table.columns:
+            continue
+        compared |= math.isfinite(_value(table, diff_columns(baseline)[1], row))
+        flag = table[beats_column(baseline)].iloc[row]
+        # Only a real True: a missing flag (NaN after a join, say) must not read as a win.
+        if isinstance(flag, (bool, np.bool_)) and flag:
+            beaten.append(BASELINE_ABBREVIATIONS[baseline])
+    if beaten:
+        return ", ".join(beaten)
+    return "none" if compared else "--"
+
+
+def _has_beats(table: pd.DataFrame) -> bool:
+    return any(beats_column(b) in table.columns for b in BASELINES)
+
+
+def _replicates(table: pd.DataFrame, name: str) -> int:
+    """R, the number of replicates behind the means of ``name`` (its ``name.r<i>`` columns); 0 if unknown."""
+    count = 0
+    while f"{name}{REPLICATE}{count}" in table.columns:
+        count += 1
+    return count
 
 
 def _prompt(table: pd.DataFrame, row: int) -> str:
@@ -123,104 +223,199 @@ def _reference_original(fronts: Fronts) -> list[float]:
     ]
 
 
+def _unmeasured(table: pd.DataFrame, column: str, row: int) -> bool:
+    """With no prompt there is nothing to read: its readability columns (0 by convention) are not shown."""
+    return str(table["tuner"].iloc[row]) == "no_prompt" and not column.startswith("task/")
+
+
+def _mean_std_latex(table: pd.DataFrame, column: str, row: int) -> str:
+    """``0.712 $\\pm$ 0.031`` (mean ± sample std over replicates), the mean alone when there is no std."""
+    mean, std = _value(table, column, row), _value(table, column + STD, row)
+    if not math.isfinite(mean) or _unmeasured(table, column, row):
+        return "--"
+    return f"{mean:.3f}" + (rf" $\pm$ {std:.3f}" if math.isfinite(std) else "")
+
+
 def front_latex(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 60) -> str:
-    """A booktabs LaTeX ``table`` of each tuner's Pareto-optimal trials, compilable with plain pdflatex.
+    """A booktabs LaTeX ``table`` of each tuner's Pareto-optimal trials and of the baselines, compilable with
+    plain pdflatex.
 
     Needs ``\\usepackage{booktabs}`` in the preamble. Columns: tuner, prompt (``\\texttt``, truncated to
-    ``max_prompt_chars`` characters with an ellipsis), each objective, and ``task/acc_test`` when the table
-    has it and it is not an objective already; a dagger marks proxy-gamed prompts. Rows are grouped by
-    tuner, best first on the first objective. The caption gives the objectives, their directions, the
-    hypervolume reference point (original units) and the hypervolumes.
+    ``max_prompt_chars`` characters with an ellipsis), each objective as mean $\\pm$ std over the replicates
+    with its held-out counterpart next to it (``task/acc_test`` beside ``task/acc_dev``), and, when the table
+    holds baselines, which of them the prompt beats on test beyond the 95 % paired intervals (``NP``, ``HW``,
+    ``LM``). A dagger marks proxy-gamed prompts; identical results (same prompt and values) are one row with
+    their count. Learned tuners' rows are grouped by tuner, best first on the first objective; the baselines
+    (no prompt, each hand-written prompt, the LM-sampled prompt) follow in a block of their own. The caption
+    gives the objectives, their directions, the hypervolume reference point (original units), the
+    hypervolumes and the abbreviations.
     """
-    columns = list(fronts.objectives)
-    if TEST_METRIC in table.columns and TEST_METRIC not in columns:
-        columns.append(TEST_METRIC)
+    columns = _shown_metrics(table, fronts)
+    beats = _has_beats(table)
     header = ["Tuner", "Prompt"] + [
         latex_escape(name) + (r" $\uparrow$" if metric_info(name).higher_is_better else r" $\downarrow$")
         for name in columns
     ]
+    header += ["Beats"] if beats else []
     lines = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        r"\begin{tabular}{ll" + "r" * len(columns) + "}",
+        r"\begin{tabular}{ll" + "r" * len(columns) + ("l" if beats else "") + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
     ]
-    groups = _front_rows(table, fronts)
-    any_gamed = False
-    for index, (tuner, rows) in enumerate(groups):
-        if index:
+    any_gamed = any_repeated = False
+
+    def body(groups: list[tuple[str, list[int]]], names: Mapping[str, str]) -> list[str]:
+        nonlocal any_gamed, any_repeated
+        out = []
+        for index, (tuner, rows) in enumerate(groups):
+            if index:
+                out.append(r"\midrule")
+            for position, (row, count) in enumerate(_dedupe(table, rows, columns)):
+                text = _prompt(table, row)
+                if text:
+                    text, cut = _truncate(text, max_prompt_chars)
+                    prompt = r"\texttt{" + latex_escape(text, keep_spaces=True) + (r"\ldots{}" if cut else "") + "}"
+                else:
+                    prompt = "--"
+                if fronts.gamed[row]:
+                    any_gamed = True
+                    prompt += r"\textsuperscript{\dag}"
+                if count > 1:
+                    any_repeated = True
+                    prompt += rf" ($\times${count})"
+                cells = [latex_escape(names.get(tuner, tuner)) if position == 0 else "", prompt]
+                cells += [_mean_std_latex(table, name, row) for name in columns]
+                cells += [latex_escape(_beaten(table, row))] if beats else []
+                out.append(" & ".join(cells) + r" \\")
+        return out
+
+    learned = body(_front_rows(table, fronts), {})
+    references = body(_baseline_rows(table), BASELINE_NAMES)
+    lines += learned
+    if references:
+        if learned:
             lines.append(r"\midrule")
-        for position, row in enumerate(rows):
-            text, cut = _truncate(_prompt(table, row), max_prompt_chars)
-            prompt = r"\texttt{" + latex_escape(text, keep_spaces=True) + (r"\ldots{}" if cut else "") + "}"
-            if fronts.gamed[row]:
-                any_gamed = True
-                prompt += r"\textsuperscript{\dag}"
-            cells = [latex_escape(tuner) if position == 0 else "", prompt]
-            cells += [_number(table[name].iloc[row]) for name in columns]
-            lines.append(" & ".join(cells) + r" \\")
-    if not groups:
+        lines.append(r"\multicolumn{" + str(len(header)) + r"}{l}{\emph{Baselines}} \\")
+        lines += references
+    if not learned and not references:
         lines.append(r"\multicolumn{" + str(len(header)) + r"}{c}{(no trials)} \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _caption(fronts, any_gamed) + "}"]
+    caption = _caption(table, fronts, columns, any_gamed=any_gamed, any_repeated=any_repeated, beats=beats)
+    lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + caption + "}"]
     lines += [r"\label{tab:pareto-front}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def _caption(fronts: Fronts, any_gamed: bool) -> str:
+def _caption(
+    table: pd.DataFrame,
+    fronts: Fronts,
+    columns: Sequence[str],
+    *,
+    any_gamed: bool,
+    any_repeated: bool,
+    beats: bool,
+) -> str:
     objectives = ", ".join(f"{latex_escape(n)} ({_direction(n)})" for n in fronts.objectives)
     reference = ", ".join(
         f"{latex_escape(n)} = {_number(r, digits=4)}"
         for n, r in zip(fronts.objectives, _reference_original(fronts), strict=True)
     )
-    parts = [
-        f"Pareto-optimal prompts of each tuner. Objectives: {objectives}.",
-        f"Hypervolume reference point: {reference}.",
-    ]
+    parts = [f"Pareto-optimal prompts of each tuner, selected on dev. Objectives: {objectives}."]
+    held_out = [c for c in columns if c not in fronts.objectives]
+    if held_out:
+        parts.append(
+            f"{', '.join(latex_escape(c) for c in held_out)}: the same prompts on held-out test data, never used to "
+            "select them."
+        )
+    replicates = _replicates(table, fronts.objectives[0])
+    over = f"over {replicates} replicates" if replicates else "over the replicates"
+    parts.append(rf"Values are mean $\pm$ sample standard deviation {over} (the mean alone for a single run).")
+    parts.append(f"Hypervolume reference point: {reference}.")
     if fronts.hypervolume:
+        # Baselines are references, not searches: sweep.pareto leaves them out of every area.
         volumes = ", ".join(
             f"{latex_escape(k)} {_number(v, digits=4)}"
             for k, v in sorted(fronts.hypervolume.items(), key=lambda kv: kv[0] == ALL_KEY)
         )
         parts.append(f"Hypervolume: {volumes}.")
+    if beats:
+        legend = ", ".join(f"{BASELINE_ABBREVIATIONS[b]}: {BASELINE_NAMES[b]}" for b in BASELINES)
+        parts.append(
+            "Beats: the baselines whose test accuracy the prompt exceeds beyond the 95\\% interval of the paired "
+            f"per-replicate difference ({legend}; against the best hand-written prompt); none: it beats none of "
+            "them; --: no interval (a single replicate)."
+        )
     if any_gamed:
         parts.append(
             rf"\textsuperscript{{\dag}}Proxy gamed: repeated or special tokens over {fronts.gamed_threshold:g}"
             " of the prompt."
         )
+    if any_repeated:
+        parts.append(r"($\times$n): n trials ended on this same prompt with the same scores.")
     return " ".join(parts)
 
 
-def front_table_text(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 48) -> str:
-    """A fixed-width plain-text table of each tuner's front for a terminal: tuner, prompt repr, objectives.
+def _mean_ci_text(table: pd.DataFrame, column: str, row: int) -> str:
+    mean, ci = _value(table, column, row), _value(table, column + CI95, row)
+    if not math.isfinite(mean) or _unmeasured(table, column, row):
+        return "-"
+    return f"{mean:.3f}" + (f"±{ci:.3f}" if math.isfinite(ci) else "")
 
-    The prompt is shown as its Python ``repr`` (so spaces and control characters are visible), cut to
-    ``max_prompt_chars`` characters with ``...``. ``gamed`` says ``yes`` for proxy-gamed prompts, and
-    ``all`` says ``yes`` for trials also on the front across tuners.
+
+def _param_text(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else ""
+
+
+def front_table_text(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 40) -> str:
+    """A fixed-width plain-text table for a terminal: each learned tuner's front, then the baselines.
+
+    Columns: tuner, prompt (its Python ``repr``, so spaces and control characters are visible, cut to
+    ``max_prompt_chars`` characters with ``...``), ``n`` (how many trials ended on this same prompt with the
+    same scores: shown once), the searched weights (``param/*`` without the prefix), the objectives with
+    their test counterparts and ``interp/log_ppl`` as mean±ci95, ``gamed`` (``yes`` for proxy-gamed
+    prompts), ``all`` (``yes`` on the front across tuners) and ``beats`` (the baselines beaten on test beyond
+    the intervals: ``NP`` no prompt, ``HW`` best hand-written, ``LM`` LM-sampled) when there are baselines.
     """
-    names = list(fronts.objectives)
-    header = ["tuner", "prompt", *names, "gamed", "all"]
-    body = []
-    for tuner, rows in _front_rows(table, fronts):
-        for row in rows:
+    metrics = _shown_metrics(table, fronts, extra=("interp/log_ppl",))
+    params = [str(c) for c in table.columns if str(c).startswith(PARAM_PREFIX)]
+    beats = _has_beats(table)
+    header = ["tuner", "prompt", "n", *(p.removeprefix(PARAM_PREFIX) for p in params), *metrics, "gamed", "all"]
+    header += ["beats"] if beats else []
+
+    def cells_of(rows: Sequence[int]) -> list[list[str]]:
+        out = []
+        for row, count in _dedupe(table, rows, metrics):
             prompt = repr(_prompt(table, row))
             if len(prompt) > max_prompt_chars:
                 prompt = prompt[: max(1, max_prompt_chars - 3)] + "..."
-            cells = [tuner, prompt] + [f"{float(table[n].iloc[row]):.4g}" for n in names]
+            cells = [str(table["tuner"].iloc[row]), prompt, str(count)]
+            cells += [_param_text(_value(table, p, row)) for p in params]
+            cells += [_mean_ci_text(table, m, row) for m in metrics]
             cells += ["yes" if fronts.gamed[row] else "", "yes" if fronts.is_pareto_all[row] else ""]
-            body.append(cells)
-    widths = [max(len(r[j]) for r in [header, *body]) for j in range(len(header))]
-    numeric = set(range(2, 2 + len(names)))
+            cells += [_beaten(table, row)] if beats else []
+            out.append(cells)
+        return out
+
+    learned = [cells for _, rows in _front_rows(table, fronts) for cells in cells_of(rows)]
+    references = [cells for _, rows in _baseline_rows(table) for cells in cells_of(rows)]
+    rows = [header, *learned, *references]
+    widths = [max(len(r[j]) for r in rows) for j in range(len(header))]
+    numeric = set(range(2, 3 + len(params) + len(metrics)))
 
     def line(cells: list[str]) -> str:
         return "  ".join(
             c.rjust(w) if j in numeric else c.ljust(w) for j, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
-    lines = [line(header), "  ".join("-" * w for w in widths)]
-    lines += [line(cells) for cells in body] if body else ["(no trials)"]
+    rule = "  ".join("-" * w for w in widths)
+    lines = [line(header), rule]
+    lines += [line(cells) for cells in learned] if learned else ([] if references else ["(no trials)"])
+    if references:
+        lines += [rule, "baselines"]
+        lines += [line(cells) for cells in references]
     return "\n".join(s.rstrip() for s in lines) + "\n"
 
 
@@ -230,35 +425,76 @@ def _prompt_ids(value: Any) -> list[int] | None:
     return [int(i) for i in value]
 
 
+def _texts(value: Any) -> list[str] | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return [str(v) for v in value]
+
+
 def _arrow_table(table: pd.DataFrame) -> pa.Table:
     """``table`` as Arrow with stable types even when empty: text as string, ``prompt_ids`` list<int64>."""
     frame = table.reset_index(drop=True)
     forced: dict[str, pa.DataType] = dict.fromkeys(TEXT_COLUMNS, pa.string())
     forced.update(dict.fromkeys(FLAG_COLUMNS, pa.bool_()))
-    forced.update({c: pa.float64() for c in frame.columns if str(c).startswith("param/") or c in METRICS})
-    # prompt_ids is built apart: pandas keeps no list dtype, and an empty column would come out as float64.
-    ids = [_prompt_ids(v) for v in frame["prompt_ids"]] if "prompt_ids" in frame.columns else None
-    rest = frame.drop(columns=["prompt_ids"]) if ids is not None else frame
+    forced.update({c: pa.bool_() for c in frame.columns if str(c).startswith("beats/")})
+    forced.update(
+        {c: pa.float64() for c in frame.columns if str(c).startswith(("param/", "vs/")) or _is_metric_column(c)}
+    )
+    # List columns are built apart: pandas keeps no list dtype, and an empty column would come out as float64.
+    lists = {
+        name: (kind, [convert(v) for v in frame[name]])
+        for name, kind, convert in (
+            ("prompt_ids", pa.list_(pa.int64()), _prompt_ids),
+            ("replicate_prompts", pa.list_(pa.string()), _texts),
+        )
+        if name in frame.columns
+    }
+    rest = frame.drop(columns=list(lists))
     schema = pa.Schema.from_pandas(rest, preserve_index=False)
     for name, kind in forced.items():
         index = schema.get_field_index(name)
         if index >= 0:
             schema = schema.set(index, pa.field(name, kind))
     arrow = pa.Table.from_pandas(rest, schema=schema, preserve_index=False)
-    if ids is not None:
-        position = list(frame.columns).index("prompt_ids")
-        arrow = arrow.add_column(
-            position, pa.field("prompt_ids", pa.list_(pa.int64())), pa.array(ids, pa.list_(pa.int64()))
-        )
+    for name in [c for c in frame.columns if c in lists]:
+        kind, values = lists[name]
+        arrow = arrow.add_column(list(frame.columns).index(name), pa.field(name, kind), pa.array(values, kind))
     return arrow
 
 
-def write_exports(table: pd.DataFrame, out: Path, objectives: Sequence[str]) -> pd.DataFrame:
-    """Compute the fronts of ``table``; write ``out/trials.parquet``, ``out/pareto.{pdf,svg,png}``, ``out/front.tex``.
+def _is_metric_column(name: str) -> bool:
+    """A metric or one of its replicate statistics (``m``, ``m.std``, ``m.ci95``, ``m.r<i>``)."""
+    return str(name).split(".")[0] in METRICS
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`write_exports` wrote: the annotated table, its fronts, the file names (relative to the
+    output folder) and the sweep-level metrics for the parent run (hypervolumes, shares of front points that
+    beat each baseline)."""
+
+    table: pd.DataFrame
+    fronts: Fronts
+    files: list[str]
+    summary_metrics: dict[str, float]
+
+
+def write_exports(
+    table: pd.DataFrame,
+    out: Path,
+    objectives: Sequence[str],
+    *,
+    labels: Mapping[str, str] | None = None,
+) -> Exported:
+    """Compute the fronts of ``table``; write ``out/trials.parquet``, the figure in its two views
+    (``out/pareto.{pdf,svg,png}``: held-out test metrics on the axes; ``out/pareto_dev.{pdf,svg,png}``: the
+    dev objectives the search optimised) and ``out/front.tex``.
 
     ``out`` is created. ``trials.parquet`` holds every column of the returned table: ``table`` (not
-    modified) plus bool ``is_pareto``, ``is_pareto_all`` and ``proxy_gamed``, with ``prompt_ids`` as
-    ``list<int64>``. Needs at least two objectives (the figure plots the first two).
+    modified) plus bool ``is_pareto``, ``is_pareto_all`` and ``proxy_gamed``, the paired comparisons with
+    every baseline (``vs/<baseline>/{diff,low,high}``, ``beats/<baseline>``, see ``sweep.compare``), with
+    ``prompt_ids`` as ``list<int64>``. ``labels`` (metric -> text) override the figure's axis labels. Needs
+    at least two objectives (the figure plots the first two).
     """
     objectives = tuple(objectives)
     if len(objectives) < 2:
@@ -266,11 +502,17 @@ def write_exports(table: pd.DataFrame, out: Path, objectives: Sequence[str]) -> 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fronts = compute_fronts(table, objectives)
-    annotated = annotate(table, fronts)
+    annotated = compare_to_baselines(annotate(table, fronts))
 
     pq.write_table(_arrow_table(annotated), out / "trials.parquet")
-    draw(pareto_plot(table, fronts), out / "pareto")
-    (out / "front.tex").write_text(front_latex(table, fronts), encoding="ascii")
+    plots = [
+        path
+        for view in VIEWS
+        for path in draw(pareto_plot(annotated, fronts, view=view, labels=labels), out / PLOT_STEMS[view])
+    ]
+    (out / "front.tex").write_text(front_latex(annotated, fronts), encoding="ascii")
+    summary = {f"hypervolume/{k}": float(v) for k, v in fronts.hypervolume.items()}
+    summary.update(front_beats_share(annotated, fronts.is_pareto, fronts.tuners))
     logger.info(
         "exports in %s: %d trials, %d on a tuner front, hypervolume %s (reference %s)",
         out,
@@ -279,4 +521,5 @@ def write_exports(table: pd.DataFrame, out: Path, objectives: Sequence[str]) -> 
         fronts.hypervolume,
         fronts.reference,
     )
-    return annotated
+    files = ["trials.parquet", *(p.name for p in plots), "front.tex"]
+    return Exported(table=annotated, fronts=fronts, files=files, summary_metrics=summary)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from objectives.metrics import metric_info
+from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
 
@@ -178,26 +179,32 @@ def _tuner_names(table: pd.DataFrame) -> np.ndarray:
 def compute_fronts(table: pd.DataFrame, objectives: Sequence[str], *, gamed_threshold: float = 0.3) -> Fronts:
     """Per-tuner and overall fronts, hypervolumes and proxy-gaming flags of ``table`` (one row per trial).
 
-    The hypervolume reference is :func:`reference_point` of all trials together, so per-tuner areas are
-    comparable with each other and with ``"all"``.
+    Baseline rows (``tuners.baselines.BASELINES``) are references, not searches: they get their own per-tuner
+    ``is_pareto`` but take no part in ``is_pareto_all``, the hypervolumes or their reference (the empty
+    prompt's readability of 0 would otherwise dominate every learned point). The hypervolume reference is
+    :func:`reference_point` of all learned trials together, so per-tuner areas are comparable with each other
+    and with ``"all"``.
     """
     objectives = tuple(objectives)
     values = objective_matrix(table, objectives)
     tuner_of_row = _tuner_names(table)
     tuners = tuple(dict.fromkeys(tuner_of_row.tolist()))  # first-appearance order
+    learned = ~np.isin(tuner_of_row, BASELINES) if len(table) else np.zeros(0, dtype=bool)
 
     is_pareto = np.zeros(len(table), dtype=bool)
     for tuner in tuners:
         rows = np.flatnonzero(tuner_of_row == tuner)
         is_pareto[rows] = pareto_mask(values[rows])
-    is_pareto_all = pareto_mask(values)
+    is_pareto_all = np.zeros(len(table), dtype=bool)
+    is_pareto_all[learned] = pareto_mask(values[learned])
 
-    reference = reference_point(values)
+    reference = reference_point(values[learned])
     hypervolume: dict[str, float] = {}
     if len(objectives) == 2:
         for tuner in tuners:
-            hypervolume[tuner] = hypervolume_2d(values[tuner_of_row == tuner], reference)
-        hypervolume[ALL_KEY] = hypervolume_2d(values, reference)
+            if tuner not in BASELINES:
+                hypervolume[tuner] = hypervolume_2d(values[tuner_of_row == tuner], reference)
+        hypervolume[ALL_KEY] = hypervolume_2d(values[learned], reference)
 
     fronts = Fronts(
         objectives=objectives,

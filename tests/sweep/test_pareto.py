@@ -250,3 +250,19 @@ def test_compute_fronts_on_an_empty_table():
     assert fronts.is_pareto.shape == (0,) and fronts.gamed.shape == (0,)
     assert fronts.hypervolume == {"all": 0.0}
     assert all(math.isnan(r) for r in fronts.reference)
+
+
+def test_baselines_are_references_not_part_of_the_overall_front_or_areas():
+    table = pd.DataFrame(
+        {
+            "tuner": ["pez", "pez", "no_prompt", "manual"],
+            "task/acc_dev": [0.8, 0.6, 0.9, 0.7],
+            "interp/scrutability": [-8.0, -4.0, 0.0, -5.0],
+        }
+    )
+    fronts = compute_fronts(table, ("task/acc_dev", "interp/scrutability"))
+    # No prompt (0.9, 0) would dominate both pez points; as a reference it takes no part.
+    assert fronts.is_pareto_all.tolist() == [True, True, False, False]
+    assert fronts.is_pareto.tolist() == [True, True, True, True]
+    assert set(fronts.hypervolume) == {"pez", "all"} and fronts.hypervolume["all"] == fronts.hypervolume["pez"]
+    assert fronts.reference == compute_fronts(table.iloc[:2], ("task/acc_dev", "interp/scrutability")).reference

@@ -17,7 +17,7 @@ TUNERS = ("pez", "soft", "rlprompt")
 BASELINES = ("no_prompt", "manual", "lm_sample")
 # 3 trials per learned tuner (the unregularised one included), 1 no-prompt, 3 hand-written, 1 LM-sampled.
 N_TRIALS = 3 * 3 + 1 + 3 + 1
-CONTRACT = ("trials.parquet", "pareto.pdf", "pareto.svg", "pareto.png", "front.tex", "sweep.json")
+CONTRACT = ("trials.parquet", "pareto.pdf", "pareto.svg", "pareto.png", "pareto_dev.png", "front.tex", "sweep.json")
 
 
 def _brute_force_front(values: np.ndarray) -> np.ndarray:
