@@ -12,27 +12,45 @@ previous step's projection at the top of each iteration, which turns it into pla
 descent; we follow the paper, not that copy. With ``fluency_form='convex'`` the loss is PEZ's own
 ``w·log_ppl + (1−w)·ce`` with ``w = lambda_ppl``.
 
+Fluent projection (``fluent_top_k = k > 0``): the projection of position ``i`` is the nearest token among the
+task LM's top-``k`` next tokens given the start token and the projected tokens before it
+(``objectives.fluent.fluent_projection``), instead of among the whole vocabulary. A fluency gradient taken at
+an unconstrained projection hardly moves that projection toward fluent tokens (the demo's prompts stayed at
+log_ppl 11.5-15.9 for every λ_ppl); with the constraint every prompt the loss sees, the dev candidates and the
+returned prompt are fluent by construction. All three go through :func:`project`, so they always agree. The
+``log_ppl`` term still applies on top.
+
+Initialisation (``init``): ``random`` vocabulary tokens from the seed (the original), ``text`` (the tokens of
+``init_text``, exactly ``prompt_len`` of them) or ``lm`` (a prompt sampled from the task LM, within its
+top-``fluent_top_k`` when that is set).
+
 The shared loop also runs the ``soft`` baseline (``tuners/soft.py``), whose loss is taken at ``P̄``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from objectives.errors import check_finite
 from objectives.evaluation import evaluate, log_ppl
-from objectives.metrics import accuracy, faith_dist, nearest_tokens, task_ce, token_nll
+from objectives.fluent import CandidateMemo, fluent_projection, sample_prompts
+from objectives.metrics import accuracy, faith_dist, task_ce, token_nll
+from objectives.models import LanguageModel, start_token_id
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
 from objectives.scoring import prompt_logits
-from tuners.base import PromptResult, Reporter, Selection, config_dict, register
+from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict, register
 
 logger = logging.getLogger(__name__)
 
 FLUENCY_FORMS = ("additive", "convex")
 DIST_METRICS = ("cosine", "l2")
+INITS = ("random", "text", "lm")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +66,23 @@ class PEZConfig(ProblemConfig):
     fluency_form: str = field(default="additive", metadata={"help": "'additive' or PEZ's 'convex' w·ppl+(1-w)·ce"})
     dist_metric: str = field(default="cosine", metadata={"help": "distance D of faith/dist: 'cosine' or 'l2'"})
     eval_every: int = field(default=10, metadata={"help": "steps between dev evaluations and reports"})
+    fluent_top_k: int = field(
+        default=0,
+        metadata={
+            "help": "project each position onto the nearest of the task LM's top-k next tokens given the prompt "
+            "before it (0: the whole vocabulary, plain PEZ)"
+        },
+    )
+    init: str = field(
+        default="random",
+        metadata={
+            "help": "initial prompt: 'random' vocabulary tokens, 'text' (init_text), or 'lm' (sampled from the task "
+            "LM, within its top fluent_top_k when set)"
+        },
+    )
+    init_text: str | None = field(
+        default=None, metadata={"help": "with init=text: the initial prompt, exactly prompt_len tokens"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -63,35 +98,89 @@ class PEZConfig(ProblemConfig):
             raise ConfigError(f"lambda_ppl={self.lambda_ppl} must be in [0, 1] with fluency_form='convex'")
         if self.dist_metric not in DIST_METRICS:
             raise ConfigError(f"dist_metric={self.dist_metric!r} is not one of {DIST_METRICS}")
+        if self.fluent_top_k < 0:
+            raise ConfigError(
+                f"fluent_top_k={self.fluent_top_k} must be >= 0 (0: no restriction; k: the task LM's top-k next tokens)"
+            )
+        if self.init not in INITS:
+            raise ConfigError(f"init={self.init!r} is not one of {INITS}")
+        if self.init == "text" and not self.init_text:
+            raise ConfigError("init='text' needs init_text: set init_text to a prompt of prompt_len tokens")
+        if self.init != "text" and self.init_text is not None:
+            # Silently ignoring a given text would train from another start than the one asked for.
+            raise ConfigError(f"init_text={self.init_text!r} is only read with init='text', but init={self.init!r}")
 
 
-def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | None = None) -> PromptResult:
-    """The loop PEZ and the soft baseline share. ``mode`` is ``pez`` (loss at the projection) or ``soft``."""
+def train_prompt(
+    config: PEZConfig,
+    *,
+    mode: str,
+    name: str,
+    report: Reporter | None = None,
+    checkpoint: Checkpointing | None = None,
+) -> PromptResult:
+    """The loop PEZ and the soft baseline share. ``mode`` is ``pez`` (loss at the projection) or ``soft``.
+
+    With ``checkpoint``, the whole state (continuous prompt, optimiser, RNG, selection, history, step) is
+    saved every ``checkpoint.every`` steps, and a run given a saved state continues to the result an
+    uninterrupted run would have reached. A loss that is not finite stops the run at its step.
+    """
     start = time.perf_counter()
     problem = build_problem(config)
     lm = problem.lm
     embeds = lm.embeddings
     gen = torch.Generator().manual_seed(config.seed)
-    init_ids = torch.randint(lm.vocab_size, (config.prompt_len,), generator=gen).to(lm.device)
+    init_ids = initial_ids(problem, config, gen)
     soft = embeds[init_ids].detach().clone().float().requires_grad_(True)  # P̄: (L, d_model)
     optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
     n_train = len(problem.labels["train"])
+    # The fluent projection's candidates per prefix, for this run only: later steps mostly revisit prefixes.
+    memo: CandidateMemo = {}
     best = Selection(config.select)
     history: list[tuple[int, dict[str, float]]] = []
+    done, elapsed = 0, 0.0
+    if checkpoint is not None and checkpoint.state is not None:
+        state = checkpoint.state
+        with torch.no_grad():
+            soft.copy_(state["soft"])
+        optimizer.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        best = Selection.from_state(state["best"])
+        history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
+        done, elapsed = int(state["step"]), float(state["elapsed_s"])
+        logger.info("%s resumes at step %d of %d", name, done, config.steps)
 
-    for step in range(1, config.steps + 1):
+    for step in range(done + 1, config.steps + 1):
         rows = torch.randperm(n_train, generator=gen)[: config.batch_size].to(lm.device)
         optimizer.zero_grad(set_to_none=True)
-        ce, nll = step_gradient(problem, config, soft, rows, mode=mode)
+        ce, nll = step_gradient(problem, config, soft, rows, mode=mode, memo=memo)
         optimizer.step()
+        # PEZ's loss is taken at a vocabulary row and stays finite; what diverges first is P̄ itself.
+        check_finite(step, loss=ce + config.lambda_ppl * nll, prompt_norm=float(soft.detach().norm()))
 
         if step % config.eval_every == 0 or step == config.steps:
-            metrics = _offer_candidate(problem, config, soft, mode, step, best)
+            metrics = _offer_candidate(problem, config, soft, mode, step, best, memo)
             metrics.update({"train/ce": ce, "train/log_ppl": nll})
             history.append((step, metrics))
             if report is not None:
                 report(step, metrics)
+        if checkpoint is not None and checkpoint.due(step) and step < config.steps:
+            checkpoint.save(
+                {
+                    "step": step,
+                    "soft": soft.detach().clone(),
+                    # A copy: the state dict holds the optimiser's live tensors, which later steps change.
+                    "optimizer": copy.deepcopy(optimizer.state_dict()),
+                    "generator": gen.get_state(),
+                    "best": best.state(),
+                    "history": [[s, dict(m)] for s, m in history],
+                    "elapsed_s": elapsed + time.perf_counter() - start,
+                }
+            )
 
+    if memo:
+        # One LM pass per prefix met (and one per position of the first projection): what fluency cost this run.
+        logger.info("fluent projection: %d LM passes over %d steps", len(memo), config.steps)
     assert best.payload is not None
     ids, kept = best.payload
     final = evaluate(problem, ids, soft=kept)
@@ -102,23 +191,66 @@ def train_prompt(config: PEZConfig, *, mode: str, name: str, report: Reporter | 
         metrics=final,
         steps=config.steps,
         seed=config.seed,
-        wall_s=time.perf_counter() - start,
+        wall_s=elapsed + time.perf_counter() - start,
         config=config_dict(config),
         soft_prompt=kept.cpu().tolist(),
         history=history,
     )
 
 
+def initial_ids(problem: Problem, config: PEZConfig, generator: torch.Generator) -> torch.Tensor:
+    """The token ids ``(L,)`` the continuous prompt starts at, per ``config.init``; random draws use ``generator``."""
+    lm = problem.lm
+    if config.init == "random":
+        return torch.randint(lm.vocab_size, (config.prompt_len,), generator=generator).to(lm.device)
+    if config.init == "lm":
+        top_k = config.fluent_top_k or None
+        return sample_prompts(lm, 1, config.prompt_len, generator=generator, top_k=top_k, start_id=_start_id(lm))[0]
+    ids = lm.tokenizer.encode(config.init_text, add_special_tokens=False)  # as the scorer encodes texts
+    if len(ids) != config.prompt_len:
+        split = [lm.tokenizer.decode([i]) for i in ids]
+        raise ConfigError(
+            f"init_text={config.init_text!r} is {len(ids)} tokens under the tokenizer of {config.model!r} "
+            f"({split}), but prompt_len={config.prompt_len}; set prompt_len={len(ids)} or change init_text"
+        )
+    return torch.tensor(ids, dtype=torch.long, device=lm.device)
+
+
+def project(problem: Problem, config: PEZConfig, soft: torch.Tensor, memo: CandidateMemo | None = None) -> torch.Tensor:
+    """The discrete prompt ``P`` ``(L,)`` of the continuous prompt ``P̄`` ``(L, d_model)``.
+
+    The one projection of the run: training steps, dev candidates and the returned prompt all use it. With
+    ``fluent_top_k`` each position after the first is restricted to the task LM's top-k next tokens given the
+    prompt tokens before it;
+    ``memo`` (one per run) remembers those candidates per prefix.
+    """
+    # The prompt alone is the context (start_id=None), as interp/log_ppl reads it: see objectives/fluent.py.
+    return fluent_projection(problem.lm, soft.detach(), config.fluent_top_k, start_id=None, memo=memo)
+
+
+@functools.lru_cache(maxsize=16)
+def _start_id(lm: LanguageModel) -> int:
+    # Cached per model: start_token_id reads the whole vocabulary (~30 ms), and projection runs every step.
+    return start_token_id(lm.tokenizer)
+
+
 def step_gradient(
-    problem: Problem, config: PEZConfig, soft: torch.Tensor, rows: torch.Tensor, *, mode: str
+    problem: Problem,
+    config: PEZConfig,
+    soft: torch.Tensor,
+    rows: torch.Tensor,
+    *,
+    mode: str,
+    memo: CandidateMemo | None = None,
 ) -> tuple[float, float]:
     """Accumulate one step's gradient of the loss into ``soft.grad``; returns the batch's (ce, log_ppl).
 
-    ``soft`` is the continuous prompt ``P̄`` ``(L, d_model)``, ``rows`` the training examples ``(B,)``.
+    ``soft`` is the continuous prompt ``P̄`` ``(L, d_model)``, ``rows`` the training examples ``(B,)``, ``memo``
+    the run's fluent candidates (see :func:`project`).
     """
     embeds = problem.lm.embeddings
     labels = problem.labels["train"][rows]
-    ids = nearest_tokens(soft.detach(), embeds)[0]
+    ids = project(problem, config, soft, memo)
     if mode == "pez":
         # Straight-through as PEZ does it: a leaf at the projection P collects the gradient of the loss,
         # which is then handed to P̄ (tests/tuners/test_pez.py fails if it were taken at P̄ instead).
@@ -158,7 +290,13 @@ def _combine(config: PEZConfig, ce: torch.Tensor, nll: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def _offer_candidate(
-    problem: Problem, config: PEZConfig, soft: torch.Tensor, mode: str, step: int, best: Selection
+    problem: Problem,
+    config: PEZConfig,
+    soft: torch.Tensor,
+    mode: str,
+    step: int,
+    best: Selection,
+    memo: CandidateMemo | None = None,
 ) -> dict[str, float]:
     """Score the current prompt on dev and offer it to the run's ``Selection`` (``config.select``).
 
@@ -166,7 +304,7 @@ def _offer_candidate(
     dev objective is the training loss on dev: ``ce + λ_ppl·log_ppl`` (or the convex form) ``+ λ_dist·faith_dist``.
     """
     embeds = problem.lm.embeddings
-    ids = nearest_tokens(soft, embeds)[0]
+    ids = project(problem, config, soft, memo)
     candidate = embeds[ids].float() if mode == "pez" else soft.detach()
     logits = problem.scorers["dev"].logits(candidate)
     labels = problem.labels["dev"]
@@ -186,8 +324,10 @@ class PEZ:
     name = "pez"
     config_cls = PEZConfig
 
-    def run(self, config: PEZConfig, *, report: Reporter | None = None) -> PromptResult:
-        return train_prompt(config, mode="pez", name=self.name, report=report)
+    def run(
+        self, config: PEZConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
+    ) -> PromptResult:
+        return train_prompt(config, mode="pez", name=self.name, report=report, checkpoint=checkpoint)
 
     def __repr__(self) -> str:
         return "PEZ()"

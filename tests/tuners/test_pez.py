@@ -86,3 +86,27 @@ def test_convex_fluency_form_needs_a_weight_in_unit_interval(task_dir):
 
     with pytest.raises(ConfigError, match="lambda_ppl=2.0 must be in \\[0, 1\\]"):
         preset_config("pez", "smoke", {"task": str(task_dir), "fluency_form": "convex", "lambda_ppl": 2})
+
+
+@pytest.mark.parametrize("name", ["pez", "soft"])
+def test_resuming_from_a_checkpoint_ends_as_an_uninterrupted_run(name, task_dir):
+    from tuners import get_tuner
+    from tuners.base import Checkpointing
+
+    config = preset_config(name, "smoke", {"task": str(task_dir), "k_shot": None, "device": "cpu", "steps": 6})
+    saved: list[dict] = []
+    whole = get_tuner(name).run(config, checkpoint=Checkpointing(every=2, save=saved.append))
+    assert [s["step"] for s in saved] == [2, 4]  # none at the end: the result is what is kept then
+    for state in saved:
+        resumed = get_tuner(name).run(config, checkpoint=Checkpointing(every=2, save=lambda s: None, state=state))
+        assert resumed.prompt_ids == whole.prompt_ids and resumed.history == whole.history
+        assert resumed.metrics == pytest.approx(whole.metrics, abs=1e-6)
+
+
+def test_a_loss_that_becomes_nan_stops_the_run_at_its_step(task_dir):
+    from objectives.errors import DivergedError
+    from tuners import get_tuner
+
+    config = preset_config("pez", "smoke", {"task": str(task_dir), "k_shot": None, "device": "cpu", "lr": 1e30})
+    with pytest.raises(DivergedError, match=r"(loss|prompt_norm) became (nan|inf) at step 1; lower the learning rate"):
+        get_tuner("pez").run(config)
