@@ -17,6 +17,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from objectives.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 ASSET_PACKAGES = {
@@ -27,7 +29,7 @@ ASSET_PACKAGES = {
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """An offline asset's package is missing or does not hold the expected file."""
 
 

@@ -17,7 +17,6 @@ prompt length in tokens, ``V`` vocabulary size, ``d`` embedding width, ``S`` seq
 
 from __future__ import annotations
 
-import difflib
 import re
 import string
 import unicodedata
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from objectives.errors import did_you_mean
 
 NEAREST_METRICS = ("cosine", "l2")
 
@@ -59,10 +60,7 @@ def metric_info(name: str) -> MetricInfo:
     try:
         return METRICS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, METRICS.keys())
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(METRICS))
-        raise KeyError(f"unknown metric {name!r}.{hint} Known metrics: {known}") from None
+        raise KeyError(did_you_mean("metric", name, METRICS)) from None
 
 
 for _name, _higher, _description in (

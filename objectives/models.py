@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from objectives import assets
+from objectives.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ MODEL_ASSETS = ("smollm2-135m", "tiny-gpt2")
 TOKENIZER_ASSETS = ("gpt2-tokenizer",)
 
 
-class ModelSpecError(ValueError):
+class ModelSpecError(UserError, ValueError):
     """A model spec that is neither a folder, an offline asset nor reachable on the hub."""
 
 
@@ -86,9 +87,12 @@ def select_device(requested: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; ``cpu``/``cuda``/``cuda:N`` are taken as given."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError as err:
+        raise ModelSpecError(f"device={requested!r} is not a device; use auto, cpu, cuda or cuda:N") from err
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={requested!r} but CUDA is not available here; use device=auto or device=cpu")
+        raise ModelSpecError(f"device={requested!r} but CUDA is not available here; use device=auto or device=cpu")
     return device
 
 
@@ -119,7 +123,13 @@ def load_tokenizer(spec: str) -> object:
     from transformers import AutoTokenizer
 
     folder = _asset_or_folder(spec)
-    return AutoTokenizer.from_pretrained(str(folder) if folder else spec, trust_remote_code=False)
+    if folder is None and os.sep in spec and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise ModelSpecError(_unknown_message(spec, f"the folder {spec!r} does not exist"))
+    try:
+        return AutoTokenizer.from_pretrained(str(folder) if folder else spec, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        where = f"the folder {str(folder)!r} holds no tokenizer" if folder else "the hub did not provide it"
+        raise ModelSpecError(_unknown_message(spec, f"{where} ({type(err).__name__})")) from err
 
 
 def _gpt2_tokenizer() -> object:

@@ -10,12 +10,15 @@ comparable across seeds.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from objectives.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ _SOURCE_FORMS = (
 )
 
 
-class TaskError(ValueError):
+class TaskError(UserError, ValueError):
     """A task's data is missing, malformed or does not fit the requested setup."""
 
 
@@ -126,8 +129,12 @@ def load_lmbff(folder: str | Path, *, num_classes: int) -> tuple[list[Example], 
     return train, dev, test
 
 
-def load_rotten_tomatoes() -> list[Example]:
-    """Fresh (1, positive) and rotten (0, negative) snippets of the offline asset, deduplicated, in order."""
+@functools.cache
+def load_rotten_tomatoes() -> tuple[Example, ...]:
+    """Fresh (1, positive) and rotten (0, negative) snippets of the offline asset, deduplicated, in order.
+
+    Read once per process: every replicate and trial draws its k-shot splits from the same pool.
+    """
     import pandas as pd
 
     from objectives import assets
@@ -137,10 +144,10 @@ def load_rotten_tomatoes() -> list[Example]:
     frame = frame[frame["category"].isin(labels)]
     texts = frame["text"].fillna("").astype(str).str.strip()
     keep = (texts != "") & ~texts.duplicated()
-    examples = [
+    examples = tuple(
         Example(text=text, label=labels[category])
         for text, category in zip(texts[keep], frame["category"][keep], strict=True)
-    ]
+    )
     logger.info(
         "loaded %d Rotten Tomatoes snippets (%d dropped as empty or duplicate)",
         len(examples),
@@ -264,7 +271,7 @@ def _rotten_tomatoes_task(
             f"{ROTTEN_TOMATOES!r} has no predefined train/dev splits, so k_shot is required; pass e.g. k_shot=16"
         )
     n_test = DEFAULT_N_TEST if n_test is None else n_test
-    pool = load_rotten_tomatoes()
+    pool = list(load_rotten_tomatoes())
     if n_test >= len(pool):
         raise TaskError(
             f"n_test={n_test} leaves no training examples out of {len(pool)} Rotten Tomatoes snippets; "

@@ -24,7 +24,7 @@ import yaml
 from objectives.metrics import METRICS
 from objectives.problem import ConfigError, ProblemConfig
 from tuners import available, get_tuner
-from tuners.base import make_config, unknown_message
+from tuners.base import coerce, make_config, unknown_message
 from tuners.baselines import BASELINES, default_manual_prompts
 from tuners.presets import preset_values
 
@@ -74,6 +74,12 @@ class SweepConfig:
     axis_labels: dict[str, str] = field(
         default_factory=dict,
         metadata={"help": "metric -> axis label of the exported figures (defaults: 'Test accuracy', ...)"},
+    )
+    max_retries: int = field(
+        default=2, metadata={"help": "retries of a trial whose worker died, each from its last checkpoint"}
+    )
+    checkpoint_every: int = field(
+        default=50, metadata={"help": "tuner steps between trial checkpoints (a lost worker resumes from there)"}
     )
     tracking_uri: str | None = field(default=None, metadata={"help": "MLflow URI; default sqlite:///<out>/mlflow.db"})
     ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the embedded local Ray (default all)"})
@@ -143,7 +149,9 @@ class SweepConfig:
                 )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler={self.sampler!r} is not one of {SAMPLERS}")
-        for key in ("num_samples", "max_concurrent"):
+        if self.max_retries < 0:
+            raise ConfigError(f"max_retries={self.max_retries} must be >= 0")
+        for key in ("num_samples", "max_concurrent", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -170,6 +178,11 @@ class SweepConfig:
             else:
                 fixed[name] = [{}]
         return fixed
+
+    def total_trials(self) -> int:
+        """Trials the sweep runs in all: ``num_samples`` per searched tuner, the fixed ones of the others."""
+        fixed = self.fixed_trials()
+        return sum(self.num_samples if self.search.get(t) and t in self.tuners else len(fixed[t]) for t in self.runs())
 
     def resolved_manual_prompts(self) -> tuple[str, ...]:
         if self.manual_prompts is not None:
@@ -207,7 +220,16 @@ def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mappin
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config {config_file!r}: no such file")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(
+                f"--config {config_file!r} is not valid YAML{where}: {getattr(err, 'problem', err)}"
+            ) from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"--config {config_file!r} cannot be read: {err}") from err
         if not isinstance(loaded, dict):
             kind = type(loaded).__name__
             raise ConfigError(f"--config {config_file!r} must hold a mapping of sweep fields, got a {kind}")
@@ -222,11 +244,26 @@ def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mappin
     for key in ("objectives", "baselines", "manual_prompts"):
         if values.get(key) is not None:
             values[key] = _as_tuple(values[key], key, split=key != "manual_prompts")
+    hints = typing.get_type_hints(SweepConfig)
+    for key in ("problem", "tuner_config", "search", "axis_labels"):
+        if not isinstance(values.get(key, {}), dict):
+            raise ConfigError(f"{key}={values[key]!r} must be a table of key: value entries")
+    for table in ("tuner_config", "search"):
+        for tuner, entries in values.get(table, {}).items():
+            if not isinstance(entries, dict):
+                raise ConfigError(f"{table}.{tuner}={entries!r} must be a table of key: value entries")
+    for tuner, knobs in values.get("search", {}).items():
+        for knob, bounds in knobs.items():
+            if not isinstance(bounds, (list, tuple)) or not all(_is_number(b) for b in bounds):
+                raise ConfigError(f"search.{tuner}.{knob}={bounds!r} must be [low, high], two numbers")
     values["search"] = {t: {w: tuple(b) for w, b in s.items()} for t, s in (values.get("search") or {}).items()}
-    for key in ("num_samples", "max_concurrent", "seed", "replicates"):
-        if key in values and (not isinstance(values[key], int) or isinstance(values[key], bool)):
-            raise ConfigError(f"{key}={values[key]!r} must be an integer")
+    for key, value in list(values.items()):
+        values[key] = coerce(key, value, hints[key])
     return SweepConfig(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _as_tuple(value: Any, key: str, *, split: bool = True) -> tuple:

@@ -13,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from objectives.errors import did_you_mean
 from sweep import mlflow_log
 
 
@@ -26,21 +27,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    from objectives.errors import ConfigError, UserError
+    from objectives.metrics import METRICS
     from sweep.exports import front_table_text, write_exports
+    from sweep.preflight import check_out, check_tracking_uri
 
     try:
+        check_tracking_uri(args.tracking_uri)
+        out = Path(args.out).resolve()
+        check_out(out)
         parent = args.parent_run_id or mlflow_log.latest_parent(args.tracking_uri, args.experiment)
-        objectives = (
-            [o.strip() for o in args.objectives.split(",")]
-            if args.objectives
-            else mlflow_log.parent_objectives(args.tracking_uri, parent)
-        )
+        if args.objectives:
+            objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+            for name in objectives:
+                if name not in METRICS:
+                    raise ConfigError(f"--objectives: {did_you_mean('metric', name, METRICS)}")
+            if len(objectives) < 2:
+                raise ConfigError(f"--objectives {args.objectives!r} needs at least 2 metrics for a Pareto front")
+        else:
+            objectives = mlflow_log.parent_objectives(args.tracking_uri, parent)
         table = mlflow_log.trials_table(args.tracking_uri, parent)
         labels = mlflow_log.parent_labels(args.tracking_uri, parent)
-    except ValueError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out)
     exported = write_exports(table, out, objectives, labels=labels)
     print(front_table_text(exported.table, exported.fronts))
     print(f"\nwrote {out}: {len(exported.table)} trials of sweep {parent}")

@@ -18,16 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from objectives.assets import AssetError
-from objectives.models import ModelSpecError
+from objectives.errors import UserError
 from objectives.problem import ConfigError
 from objectives.stats import CI95
-from objectives.tasks import TaskError
 from tuners import PRESETS, available, get_tuner, preset_config
 from tuners.base import parse_overrides
 from tuners.replicates import run_replicates
-
-USER_ERRORS = (ConfigError, TaskError, ModelSpecError, AssetError, KeyError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--replicates {args.replicates} must be >= 1")
         if args.json_path:
             _check_writable(args.json_path)
-    except USER_ERRORS as err:
+    except UserError as err:
         return _fail(err)
 
     steps = getattr(config, "steps", 0) * args.replicates
@@ -80,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result = run_replicates(tuner, config, args.replicates, report=report)
-    except USER_ERRORS as err:
+    except UserError as err:
         bar.close()
         return _fail(err)
     bar.close()
@@ -119,9 +115,8 @@ def _check_writable(path: str) -> None:
         raise ConfigError(f"--json {path!r}: cannot write into {str(folder)!r}; choose a writable location")
 
 
-def _fail(err: Exception) -> int:
-    message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-    print(f"error: {message}", file=sys.stderr)
+def _fail(err: UserError) -> int:
+    print(f"error: {err}", file=sys.stderr)
     return 2
 
 

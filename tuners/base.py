@@ -9,9 +9,9 @@ are final. Tuners know nothing of Ray, MLflow or Optuna: ``sweep/`` adapts ``rep
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import yaml
 
+from objectives.errors import did_you_mean
 from objectives.problem import SELECTIONS, ConfigError, ProblemConfig
 
 Reporter = Callable[[int, Mapping[str, float]], None]
@@ -62,6 +63,20 @@ class PromptResult:
             "wall_s": self.wall_s,
             "config": self.config,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PromptResult:
+        """Rebuild a result from :meth:`to_json` (soft prompt and history are not in it)."""
+        return cls(
+            tuner=data["tuner"],
+            prompt_text=data["prompt_text"],
+            prompt_ids=[int(i) for i in data["prompt_ids"]],
+            metrics={k: float(v) for k, v in data["metrics"].items()},
+            steps=int(data["steps"]),
+            seed=int(data["seed"]),
+            wall_s=float(data["wall_s"]),
+            config=dict(data.get("config", {})),
+        )
 
     def write_json(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -116,18 +131,44 @@ class Selection:
         return cls(state["rule"], key, int(state["step"]), float(state["acc"]), state["payload"])
 
 
+@dataclass
+class Checkpointing:
+    """How a run saves its state as it goes, and the state of an earlier attempt it resumes from.
+
+    ``save`` is called with the run's whole state (a dict ``torch.save`` can write: tensors, numbers, lists)
+    every ``every`` steps, after the step's report; a run given ``state`` continues from it and ends as an
+    uninterrupted run would. Tuners that train nothing ignore it. The tuner never learns where the state goes
+    (Tune's checkpoints, a file, memory): ``sweep/`` decides.
+    """
+
+    every: int
+    save: Callable[[dict[str, Any]], None]
+    state: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ConfigError(f"checkpoint every={self.every} must be >= 1 step")
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+
 @runtime_checkable
 class Tuner(Protocol):
     """A prompt tuner: a name, its config class, and ``run``.
 
     A tuner may set ``trains = False`` (the baselines in ``tuners/baselines.py``): it optimises nothing, so it
-    reports no steps and its prompt does not depend on an init seed.
+    reports no steps and its prompt does not depend on an init seed. A tuner that trains saves its state
+    through ``checkpoint`` and stops with ``objectives.errors.DivergedError`` at the first step whose loss
+    or reward is not finite.
     """
 
     name: ClassVar[str]
     config_cls: ClassVar[type[ProblemConfig]]
 
-    def run(self, config: ProblemConfig, *, report: Reporter | None = None) -> PromptResult: ...
+    def run(
+        self, config: ProblemConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
+    ) -> PromptResult: ...
 
 
 _REGISTRY: dict[str, Tuner] = {}
@@ -146,14 +187,11 @@ def available() -> list[str]:
 
 def get_tuner(name: str) -> Tuner:
     if name not in _REGISTRY:
-        raise KeyError(unknown_message("tuner", name, available()))
+        raise ConfigError(did_you_mean("tuner", name, available()))
     return _REGISTRY[name]
 
 
-def unknown_message(kind: str, name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}.{hint} Known: {', '.join(known)}"
+unknown_message = did_you_mean  # the name the rest of the code base has used
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -163,7 +201,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, raw = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or type(err).__name__
+            raise ConfigError(
+                f"override {pair!r}: the value is not valid YAML ({where}); quote text values, e.g. "
+                f"{key.strip()}='\"...\"', and write lists as [a, b]"
+            ) from err
     return out
 
 
@@ -174,12 +219,15 @@ def make_config(cls: type[ProblemConfig], values: Mapping[str, Any]) -> ProblemC
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(unknown_message(f"config key for {cls.__name__}", key, sorted(fields)))
-        kwargs[key] = _coerce(key, value, typing.get_type_hints(cls)[key])
+        kwargs[key] = coerce(key, value, typing.get_type_hints(cls)[key])
     return cls(**kwargs)
 
 
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a field's type hint; ints are accepted for floats, lists for tuples."""
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint; ints are accepted for floats, lists for tuples.
+
+    Floats must be finite: a NaN weight or learning rate would only show up as NaN results much later.
+    """
     options = (
         typing.get_args(hint)
         if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
@@ -194,13 +242,24 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if option is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            # YAML 1.1 reads 1e-3 (no dot) as text; a float field can only have meant the number.
+            if isinstance(value, str) and not _FLOAT.fullmatch(value.strip()):
+                continue
+            number = float(value)
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}={value!r} must be a finite number")
+            return number
         if option is str and isinstance(value, str):
             return value
         if typing.get_origin(option) is tuple and isinstance(value, (list, tuple)):
             return tuple(value)
+        if typing.get_origin(option) is dict and isinstance(value, Mapping):
+            return dict(value)
     raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(hint)}")
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _type_name(hint: Any) -> str:
