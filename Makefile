@@ -16,8 +16,9 @@ setup: $(BIN)/python
 	$(PIP) --no-deps -r requirements-assets.txt
 
 test: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not cluster"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not cluster and not faults"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m cluster
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m faults
 
 lint: setup
 	$(BIN)/ruff check .

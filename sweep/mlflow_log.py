@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from objectives.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 ROLE = "promptsweep.role"
@@ -28,6 +30,9 @@ OBJECTIVES = "promptsweep.objectives"
 LABELS = "promptsweep.axis_labels"
 PARAM_PREFIX = "param/"
 REPLICATE_PROMPTS = "replicate_prompts"
+ATTEMPTS = "attempts"
+ERROR = "error"
+TUNE_RESULT = "tune_result.json"
 # Per-step metrics: ``rep<i>/dev/acc`` etc. (and the older unprefixed ``dev/``, ``train/``); not final metrics.
 _HISTORY = re.compile(r"^(rep\d+/)?(dev|train)/")
 
@@ -95,7 +100,12 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class TrialRun:
-    """A trial's child run, written from inside the Ray worker as the tuner reports."""
+    """A trial's child run, written from inside the Ray worker as the tuner reports.
+
+    One child run per Tune trial, whatever befalls it: an attempt that resumes the trial (a retry on another
+    worker, a resumed sweep) reopens the run the first attempt created (found by its ``trial_id`` tag) and
+    counts itself in the ``attempts`` tag.
+    """
 
     def __init__(
         self,
@@ -108,8 +118,17 @@ class TrialRun:
         params: Mapping[str, Any],
         searched: Sequence[str],
         tags: Mapping[str, str],
+        existing: Any = None,
     ) -> None:
         self.client = _client(tracking_uri)
+        if existing is not None:
+            self.run_id = existing.info.run_id
+            self.attempts = int(existing.data.tags.get(ATTEMPTS, "1")) + 1
+            self.client.update_run(self.run_id, status="RUNNING")
+            self.client.set_tag(self.run_id, ATTEMPTS, str(self.attempts))
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, value)
+            return
         run = self.client.create_run(
             experiment_id,
             run_name=f"{tuner}-{trial_id}",
@@ -119,10 +138,12 @@ class TrialRun:
                 "tuner": tuner,
                 "trial_id": trial_id,
                 SEARCHED: json.dumps(list(searched)),
+                ATTEMPTS: "1",
                 **tags,
             },
         )
         self.run_id = run.info.run_id
+        self.attempts = 1
         log_params(self.client, self.run_id, params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -138,20 +159,75 @@ class TrialRun:
         prompt_text: str,
         prompt_ids: list[int],
         result: Mapping[str, Any],
+        tune_result: Mapping[str, Any],
         replicate_prompts: Sequence[str] = (),
     ) -> None:
         """Close the run: the representative prompt as tags and ``prompt.txt``, every replicate's prompt as a
-        tag (JSON list), the whole result as ``result.json``."""
+        tag (JSON list), the whole result as ``result.json``, and what Tune was told as ``tune_result.json`` (a
+        resumed sweep tells Tune the same again instead of re-running the trial)."""
         self.client.set_tag(self.run_id, "prompt_text", prompt_text[:5000])
         self.client.set_tag(self.run_id, "prompt_ids", json.dumps(prompt_ids))
         self.client.set_tag(self.run_id, REPLICATE_PROMPTS, json.dumps(list(replicate_prompts))[:5000])
         self.client.log_text(self.run_id, prompt_text, "prompt.txt")
+        self.client.log_dict(self.run_id, dict(tune_result), TUNE_RESULT)
         self.client.log_dict(self.run_id, dict(result), "result.json")
         self.client.set_terminated(self.run_id, "FINISHED")
 
-    def fail(self, error: BaseException) -> None:
-        self.client.set_tag(self.run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        self.client.set_terminated(self.run_id, "FAILED")
+    def fail(self, error: BaseException, *, status: str = "FAILED") -> None:
+        self.client.set_tag(self.run_id, ERROR, f"{type(error).__name__}: {error}"[:5000])
+        self.client.set_terminated(self.run_id, status)
+
+
+def find_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> Any:
+    """The child run of Tune trial ``trial_id`` in this sweep, or ``None`` when no attempt has started one."""
+    runs = _client(tracking_uri).search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial_id = '{trial_id}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def tune_result(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
+    """What a finished trial told Tune (``tune_result.json``), or ``None`` when it did not get that far."""
+    import mlflow
+
+    try:
+        return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TUNE_RESULT}", tracking_uri=tracking_uri))
+    except Exception:  # any failure to read means: not there, so the trial runs
+        return None
+
+
+def close_running_children(tracking_uri: str, parent_run_id: str, *, reason: str) -> int:
+    """Mark every still RUNNING trial run of a sweep KILLED with ``reason``; returns how many there were.
+
+    A run is left RUNNING only by an attempt that died with its worker or driver; a later attempt of the same
+    trial reopens it.
+    """
+    client = _client(tracking_uri)
+    parent = _parent(tracking_uri, parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=50000,
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, ERROR, reason)
+        client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
+
+def close_parent(tracking_uri: str, parent_run_id: str, *, reason: str) -> None:
+    """End an earlier sweep's parent run (still RUNNING when its driver was lost) as KILLED with ``reason``."""
+    client = _client(tracking_uri)
+    if client.get_run(parent_run_id).info.status == "RUNNING":
+        client.set_tag(parent_run_id, ERROR, reason)
+        client.set_terminated(parent_run_id, "KILLED")
+    close_running_children(tracking_uri, parent_run_id, reason=reason)
+
+
+def reopen_parent(tracking_uri: str, parent_run_id: str) -> None:
+    _client(tracking_uri).update_run(parent_run_id, status="RUNNING")
 
 
 def finish_parent(
@@ -177,28 +253,69 @@ def finish_parent(
     client.set_terminated(run_id, status)
 
 
+def child_status_counts(tracking_uri: str, parent_run_id: str) -> dict[str, int]:
+    """How many of a sweep's trial runs ended in each MLflow status (FINISHED, FAILED, KILLED, RUNNING)."""
+    client = _client(tracking_uri)
+    parent = _parent(tracking_uri, parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000
+    )
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.info.status] = counts.get(run.info.status, 0) + 1
+        if int(run.data.tags.get(ATTEMPTS, "1")) > 1:
+            counts["retried"] = counts.get("retried", 0) + 1
+    return counts
+
+
+def first_failure(tracking_uri: str, parent_run_id: str) -> str | None:
+    """The recorded reason of the earliest FAILED trial run of a sweep."""
+    client = _client(tracking_uri)
+    parent = _parent(tracking_uri, parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FAILED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    return runs[0].data.tags.get(ERROR, "no reason recorded") if runs else None
+
+
 def latest_parent(tracking_uri: str, experiment: str) -> str:
     """The newest parent run of an experiment (the sweep ``python -m sweep.export`` rebuilds by default)."""
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = [e.name for e in client.search_experiments()]
-        raise ValueError(f"no MLflow experiment named {experiment!r} at {tracking_uri}; experiments there: {names}")
+        raise ConfigError(f"no MLflow experiment named {experiment!r} at {tracking_uri}; experiments there: {names}")
     runs = client.search_runs(
         [found.experiment_id], filter_string=f"tags.`{ROLE}` = 'parent'", order_by=["attributes.start_time DESC"]
     )
     if not runs:
-        raise ValueError(f"experiment {experiment!r} at {tracking_uri} holds no sweep (no parent run)")
+        raise ConfigError(f"experiment {experiment!r} at {tracking_uri} holds no sweep (no parent run)")
     return runs[0].info.run_id
 
 
+def _parent(tracking_uri: str, parent_run_id: str) -> Any:
+    """The parent run, or a clear error when the id names no sweep of this store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = _client(tracking_uri).get_run(parent_run_id)
+    except MlflowException as err:
+        raise ConfigError(f"--parent-run-id {parent_run_id!r}: no such run at {tracking_uri}") from err
+    if run.data.tags.get(ROLE) != "parent":
+        raise ConfigError(f"--parent-run-id {parent_run_id!r} is not a sweep's parent run (it is a trial's)")
+    return run
+
+
 def parent_objectives(tracking_uri: str, parent_run_id: str) -> list[str]:
-    return json.loads(_client(tracking_uri).get_run(parent_run_id).data.tags[OBJECTIVES])
+    return json.loads(_parent(tracking_uri, parent_run_id).data.tags[OBJECTIVES])
 
 
 def parent_labels(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
     """The axis labels a sweep was exported with (empty for sweeps recorded before labels were)."""
-    return json.loads(_client(tracking_uri).get_run(parent_run_id).data.tags.get(LABELS, "{}"))
+    return json.loads(_parent(tracking_uri, parent_run_id).data.tags.get(LABELS, "{}"))
 
 
 def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
@@ -209,7 +326,7 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
     from mlflow.entities import ViewType
 
     client = _client(tracking_uri)
-    parent = client.get_run(parent_run_id)
+    parent = _parent(tracking_uri, parent_run_id)
     runs = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'FINISHED'",

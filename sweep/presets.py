@@ -20,6 +20,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "search": {"pez": dict(_WEIGHTS), "soft": dict(_WEIGHTS), "rlprompt": {"lambda_ppl": [0.01, 10.0]}},
         "num_samples": 4,
         "replicates": 2,
+        "checkpoint_every": 2,
         "max_concurrent": 2,
         "cpus_per_trial": 1,
         "ray_num_cpus": 2,

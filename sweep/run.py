@@ -26,13 +26,18 @@ if not os.environ.get("RAY_ADDRESS"):
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
-from objectives.problem import ConfigError  # noqa: E402
+from objectives.errors import ConfigError, ResourceError, UserError  # noqa: E402
 from sweep import mlflow_log  # noqa: E402
 from sweep.config import SweepConfig, load_sweep_config  # noqa: E402
 from tuners.base import parse_overrides  # noqa: E402
@@ -52,44 +57,111 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a sweep field; dotted keys reach per-tuner tables (tuner_config.pez.steps=30)",
     )
-    parser.add_argument("--out", help="output folder (default runs/<name>)")
+    parser.add_argument("--out", help="output folder (default runs/<name>); rerunning on it resumes the sweep")
+    parser.add_argument("--fresh", action="store_true", help="start over in --out instead of resuming the sweep there")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # one INFO line per glyph table per PDF export
 
     try:
         config = load_sweep_config(args.preset, config_file=args.config, overrides=parse_overrides(args.overrides))
-    except (ConfigError, KeyError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
-    if os.environ.get("RAY_ADDRESS") and not (args.out and Path(args.out).is_absolute()):
-        logger.warning(
-            "--out %r is relative on a cluster: under `ray job submit` that is the job's temporary working "
-            "directory, deleted with the job. Pass an absolute --out on storage you keep.",
-            args.out or f"runs/{config.name}",
-        )
-    out = Path(args.out or Path("runs") / config.name).resolve()
-    try:
-        run_sweep(config, out)
-    except ResourceError as err:
+        if os.environ.get("RAY_ADDRESS") and not (args.out and Path(args.out).is_absolute()):
+            logger.warning(
+                "--out %r is relative on a cluster: under `ray job submit` that is the job's temporary working "
+                "directory, deleted with the job. Pass an absolute --out on storage you keep.",
+                args.out or f"runs/{config.name}",
+            )
+        out = Path(args.out or Path("runs") / config.name).resolve()
+        summary = run_sweep(config, out, fresh=args.fresh)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return EXIT_CODES[summary["status"]]
 
 
-class ResourceError(RuntimeError):
-    """The cluster cannot place a trial; Tune would otherwise leave it pending forever."""
+__all__ = ["EXIT_CODES", "ResourceError", "main", "run_sweep"]
+# 0 only when every trial finished; an interrupted sweep (resumable) is not a success either.
+EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
 
 
-def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
-    """Plan, run every trial in one Tune run, then export. Returns what ``sweep.json`` holds."""
+def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False) -> dict[str, Any]:
+    """Plan, run every trial in one Tune run, then export. Returns what ``sweep.json`` holds.
+
+    A sweep whose ``out`` already holds the same sweep continues it (finished trials are kept, unfinished
+    ones resume from their checkpoints); ``fresh`` starts over in the same folder instead.
+    """
     import ray
 
+    from sweep.preflight import preflight
+
     started = time.time()
+    preflight(config, out, local=not os.environ.get("RAY_ADDRESS"))
     out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = config.tracking_uri or mlflow_log.default_tracking_uri(out)
-    started_ray = _init_ray(config)
+    lock = _lock(out)
     try:
-        check_resources(config)
+        plan = _plan(config, out, fresh=fresh)
+        started_ray = _init_ray(config)
+        try:
+            check_resources(config)
+            timings: dict[str, float] = {}
+            outcome = Outcome(expected=config.total_trials())
+            with _sigterm_interrupts() as signals:
+                try:
+                    t0 = time.time()
+                    outcome = _tune(config, out, plan)
+                    timings["tune_s"] = time.time() - t0
+                except Exception as err:
+                    outcome.errors.append(f"{type(err).__name__}: {err}")
+                    raise
+                finally:
+                    # Whatever happened, the trials already in MLflow are exported: nothing that ran is lost.
+                    outcome.signal = outcome.signal or signals.received
+                    summary = _finish(config, out, plan, outcome, timings, started)
+            return summary
+        finally:
+            if started_ray:
+                ray.shutdown()
+    finally:
+        lock.close()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a sweep records itself: the MLflow store, experiment and parent run (new, or the one resumed)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent: str
+    resumed: bool
+
+
+def _plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
+    """Start the sweep's parent run, or reopen the one of the same sweep in ``out`` to continue it.
+
+    ``sweep.json`` is written at once (status RUNNING), so a driver that is lost later leaves what a rerun needs.
+    """
+    tracking_uri = config.tracking_uri or mlflow_log.default_tracking_uri(out)
+    record = out / "sweep.json"
+    previous = json.loads(record.read_text()) if record.is_file() else None
+    ours = json.loads(json.dumps(config.to_dict()))
+    if previous is not None and not fresh:
+        differ = sorted(k for k in set(ours) | set(previous["config"]) if ours.get(k) != previous["config"].get(k))
+        if differ:
+            raise ConfigError(
+                f"--out {str(out)!r} holds another sweep (its config differs in {differ}): rerun it with its own "
+                "settings to resume it, pass --fresh to start over in this folder, or choose another --out"
+            )
+        experiment_id, parent = previous["experiment_id"], previous["parent_run_id"]
+        killed = mlflow_log.close_running_children(
+            tracking_uri, parent, reason="its attempt stopped with the sweep's driver; the resumed sweep continues it"
+        )
+        mlflow_log.reopen_parent(tracking_uri, parent)
+        logger.info("resuming sweep %s in %s (%d interrupted trial runs closed)", parent, out, killed)
+        plan = Plan(tracking_uri, experiment_id, parent, resumed=True)
+    else:
+        if previous is not None:
+            mlflow_log.close_parent(previous["tracking_uri"], previous["parent_run_id"], reason="superseded by --fresh")
+            shutil.rmtree(out / "ray" / config.name, ignore_errors=True)  # resumable state only; MLflow keeps runs
         experiment_id, parent = mlflow_log.start_parent(
             tracking_uri,
             config.name,
@@ -98,25 +170,86 @@ def run_sweep(config: SweepConfig, out: Path) -> dict[str, Any]:
             artifact_root=out / "mlartifacts",
             labels=config.axis_labels,
         )
-        logger.info("MLflow: %s experiment %r parent run %s", tracking_uri, config.name, parent)
-        timings: dict[str, float] = {}
-        status = "FAILED"
-        try:
-            t0 = time.time()
-            _tune(config, out, tracking_uri, experiment_id, parent)
-            timings["tune_s"] = time.time() - t0
-            status = "FINISHED"
-        finally:
-            # Whatever happened, the trials already in MLflow are exported: nothing that ran is lost.
-            summary = _finish(config, out, tracking_uri, experiment_id, parent, status, timings, started)
-        return summary
+        plan = Plan(tracking_uri, experiment_id, parent, resumed=False)
+    logger.info("MLflow: %s experiment %r parent run %s", tracking_uri, config.name, parent)
+    record.write_text(json.dumps(_record(config, out, plan, status="RUNNING"), indent=2, default=str) + "\n")
+    return plan
+
+
+def _record(config: SweepConfig, out: Path, plan: Plan, *, status: str) -> dict[str, Any]:
+    return {
+        "config": config.to_dict(),
+        "tracking_uri": plan.tracking_uri,
+        "experiment": config.name,
+        "experiment_id": plan.experiment_id,
+        "parent_run_id": plan.parent,
+        "ray_storage_path": str(out / "ray"),
+        "optuna_storage": f"sqlite:///{out / 'optuna.db'}",
+        "status": status,
+        "versions": _versions(),
+    }
+
+
+class _Signals:
+    received: str | None = None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[_Signals]:
+    """SIGTERM (what Kubernetes and spot reclaims send) stops the sweep as Ctrl-C does: Tune saves its state,
+    the exports are written, the runs are closed, the exit code says the sweep is incomplete."""
+    signals = _Signals()
+
+    def handler(signum: int, frame: object) -> None:
+        signals.received = signal.Signals(signum).name
+        os.kill(os.getpid(), signal.SIGINT)  # Tune's own graceful stop
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (a notebook, a test runner thread): leave signals alone
+        yield signals
+        return
+    try:
+        yield signals
     finally:
-        if started_ray:
-            ray.shutdown()
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _tune(config: SweepConfig, out: Path, tracking_uri: str, experiment_id: str, parent: str) -> None:
-    """One Tune run for every tuner and baseline: fixed trials first, then each tuner's Optuna search."""
+def _lock(out: Path) -> Any:
+    """Hold ``out/.sweep.lock`` for this sweep's life: a second sweep on the same folder is refused."""
+    import fcntl
+
+    handle = (out / ".sweep.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        raise ResourceError(
+            f"--out {str(out)!r} is held by another sweep that is still running; wait for it, or use another --out"
+        ) from err
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+@dataclass
+class Outcome:
+    """What the Tune run ended with: the trials it was to run, the errors of trials that failed with their
+    worker, and the signal that interrupted it, if one did."""
+
+    expected: int = 0
+    errors: list[str] = field(default_factory=list)
+    signal: str | None = None
+
+
+def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
+    """One Tune run for every tuner and baseline: fixed trials first, then each tuner's Optuna search.
+
+    A resumed sweep restores Tune's experiment (its trials and the searcher's state) from ``out/ray``.
+    """
+    # Tune saves its experiment state this often (seconds); a lost driver loses at most this much of the
+    # record of which trials finished (and those are found again in MLflow by the trainable).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
 
     from sweep.search import MultiTunerSearch, integer_knobs_of, make_searcher, sampled_budget
@@ -132,10 +265,12 @@ def _tune(config: SweepConfig, out: Path, tracking_uri: str, experiment_id: str,
             values=config.trial_values(tuner),
             weights=knobs[tuner],
             integer_knobs=integers[tuner],
-            tracking_uri=tracking_uri,
-            experiment_id=experiment_id,
-            parent_run_id=parent,
+            tracking_uri=plan.tracking_uri,
+            experiment_id=plan.experiment_id,
+            parent_run_id=plan.parent,
+            objectives=config.objectives,
             replicates=config.replicates,
+            checkpoint_every=config.checkpoint_every,
         )
         for tuner in config.runs()
     }
@@ -147,7 +282,7 @@ def _tune(config: SweepConfig, out: Path, tracking_uri: str, experiment_id: str,
             seed=config.seed,
             budget=sampled_budget(config.num_samples, fixed[tuner]),
             storage_path=out / "optuna.db",
-            study_name=f"{config.name}-{tuner}-{parent[:8]}",
+            study_name=f"{config.name}-{tuner}-{plan.parent[:8]}",
             integer_knobs=integers[tuner],
         )
         for tuner in config.tuners
@@ -156,71 +291,105 @@ def _tune(config: SweepConfig, out: Path, tracking_uri: str, experiment_id: str,
     search = MultiTunerSearch(searchers, fixed=fixed, knobs=knobs, num_samples=config.num_samples, seed=config.seed)
     resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(run_trial, contexts=contexts), resources)
-    grid = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            num_samples=search.total_trials,
-            max_concurrent_trials=config.max_concurrent,
-            # Trials share an actor process one after another, so the model and data loaded by the
-            # first (cached per process) serve the rest.
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=config.name,
-            storage_path=str(out / "ray"),
-            verbose=1,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-        ),
-    ).fit()
-    errors = [r.error for r in grid if r.error is not None]
+    path = out / "ray" / config.name
+    if plan.resumed and tune.Tuner.can_restore(str(path)):
+        logger.info("restoring Tune's experiment from %s", path)
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=search,
+                num_samples=search.total_trials,
+                max_concurrent_trials=config.max_concurrent,
+                # Trials share an actor process one after another, so the model and data loaded by the
+                # first (cached per process) serve the rest.
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=config.name,
+                storage_path=str(out / "ray"),
+                verbose=1,
+                # A trial whose worker died is retried from its checkpoint; one that failed by itself reports
+                # its failure instead of raising (sweep/trainable.py), so it is not retried blindly.
+                failure_config=tune.FailureConfig(max_failures=config.max_retries, fail_fast=False),
+                # Only the latest checkpoint of a trial is ever resumed from.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    grid = tuner.fit()
+    errors = [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
     if errors:
         logger.warning("%d of %d trials failed; first error: %s", len(errors), len(grid), errors[0])
+    assert search.total_trials == config.total_trials()
+    return Outcome(expected=search.total_trials, errors=errors)
 
 
 def _finish(
-    config: SweepConfig,
-    out: Path,
-    tracking_uri: str,
-    experiment_id: str,
-    parent: str,
-    status: str,
-    timings: dict[str, float],
-    started: float,
+    config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, timings: dict[str, float], started: float
 ) -> dict[str, Any]:
-    """Exports from MLflow, ``sweep.json``, the parent run's metrics and artifacts, the console table."""
+    """Exports from MLflow, ``sweep.json``, the parent run's metrics and artifacts, the console summary.
+
+    The sweep FINISHED only when every trial it was to run finished (MLflow is the record). Otherwise it
+    was KILLED (interrupted: rerun the command to resume) or FAILED (some trial failed), and the summary says
+    how many trials did not finish and why the first failed.
+    """
     import ray
 
     from sweep.exports import front_table_text, write_exports
 
-    table = mlflow_log.trials_table(tracking_uri, parent)
+    interrupted = mlflow_log.close_running_children(
+        plan.tracking_uri,
+        plan.parent,
+        reason="the sweep was interrupted while this trial ran; rerun the same command (same --out) to resume it",
+    )
+    table = mlflow_log.trials_table(plan.tracking_uri, plan.parent)
+    counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent)
+    finished, failed = counts.get("FINISHED", 0), counts.get("FAILED", 0)
+    first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent) or (
+        outcome.errors[0] if outcome.errors else None
+    )
+    if finished >= outcome.expected and not outcome.errors:
+        status = "FINISHED"
+    elif failed or outcome.errors:
+        status = "FAILED"
+    else:
+        status = "KILLED"
     exported = write_exports(table, out, config.objectives, labels=config.axis_labels)
     timings["total_s"] = time.time() - started
     summary = {
-        "config": config.to_dict(),
-        "tracking_uri": tracking_uri,
-        "experiment": config.name,
-        "experiment_id": experiment_id,
-        "parent_run_id": parent,
-        "ray_storage_path": str(out / "ray"),
-        "optuna_storage": f"sqlite:///{out / 'optuna.db'}",
+        **_record(config, out, plan, status=status),
+        "resumed": plan.resumed,
+        "interrupted_by": outcome.signal,
         "cluster_resources": ray.cluster_resources(),
-        "trials_finished": len(exported.table),
+        "trials_expected": outcome.expected,
+        "trials_finished": finished,
+        "trials_failed": failed,
+        "trials_killed": counts.get("KILLED", 0),
+        "trials_retried": counts.get("retried", 0),
+        "trials_interrupted_now": interrupted,
+        "first_error": first_error,
         "summary_metrics": exported.summary_metrics,
         "timings": timings,
-        "status": status,
-        "versions": _versions(),
     }
     (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     mlflow_log.finish_parent(
-        tracking_uri,
-        parent,
+        plan.tracking_uri,
+        plan.parent,
         files=[out / name for name in exported.files + ["sweep.json"]],
         metrics=exported.summary_metrics,
         status=status,
     )
     print(front_table_text(exported.table, exported.fronts))
-    print(f"\nwrote {out} ({', '.join(exported.files)}, sweep.json); MLflow: {tracking_uri}")
+    print(f"\nwrote {out} ({', '.join(exported.files)}, sweep.json); MLflow: {plan.tracking_uri}")
+    print(
+        f"\nsweep {status}: {finished} of {outcome.expected} trials finished, {failed} failed, "
+        f"{counts.get('retried', 0)} retried" + (", resumed" if plan.resumed else "")
+    )
+    if first_error:
+        print(f"first failure: {first_error}")
+    if status == "KILLED":
+        print("interrupted: rerun the same command with the same --out to resume")
     return summary
 
 

@@ -21,7 +21,7 @@ import torch
 from objectives.evaluation import evaluate
 from objectives.metrics import accuracy, task_ce
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
-from tuners.base import PromptResult, Reporter, config_dict, register
+from tuners.base import Checkpointing, PromptResult, Reporter, config_dict, register
 
 BASELINES = ("no_prompt", "manual", "lm_sample")
 
@@ -77,7 +77,9 @@ class NoPrompt:
     trains = False
     config_cls = NoPromptConfig
 
-    def run(self, config: NoPromptConfig, *, report: Reporter | None = None) -> PromptResult:
+    def run(
+        self, config: NoPromptConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
+    ) -> PromptResult:
         start = time.perf_counter()
         return _result(self.name, build_problem(config), config, [], start)
 
@@ -104,7 +106,9 @@ class Manual:
     trains = False
     config_cls = ManualConfig
 
-    def run(self, config: ManualConfig, *, report: Reporter | None = None) -> PromptResult:
+    def run(
+        self, config: ManualConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
+    ) -> PromptResult:
         start = time.perf_counter()
         problem = build_problem(config)
         ids = problem.lm.tokenizer.encode(config.prompt_text, add_special_tokens=False)
@@ -138,7 +142,9 @@ class LMSample:
     trains = False
     config_cls = LMSampleConfig
 
-    def run(self, config: LMSampleConfig, *, report: Reporter | None = None) -> PromptResult:
+    def run(
+        self, config: LMSampleConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
+    ) -> PromptResult:
         from objectives.fluent import sample_prompts
 
         start = time.perf_counter()

@@ -29,7 +29,7 @@ from typing import Any
 from objectives.problem import ConfigError, ProblemConfig
 from objectives.stats import aggregate
 from objectives.tasks import LMBFF_FILES
-from tuners.base import PromptResult, Tuner
+from tuners.base import Checkpointing, PromptResult, Tuner
 
 logger = logging.getLogger(__name__)
 
@@ -117,17 +117,41 @@ class ReplicatedResult:
 
 
 def run_replicates(
-    tuner: Tuner, config: ProblemConfig, replicates: int, *, report: ReplicateReporter | None = None
+    tuner: Tuner,
+    config: ProblemConfig,
+    replicates: int,
+    *,
+    report: ReplicateReporter | None = None,
+    checkpoint: Checkpointing | None = None,
 ) -> ReplicatedResult:
-    """Run ``tuner`` on every replicate of ``config``; ``report(replicate, step, metrics)`` as they train."""
+    """Run ``tuner`` on every replicate of ``config``; ``report(replicate, step, metrics)`` as they train.
+
+    With ``checkpoint``, the state saved is ``{"done": [finished replicates' results], "current": the running
+    replicate's tuner state}``, saved again as each replicate ends; resuming skips the finished replicates and
+    continues the running one from its own state.
+    """
     configs = replicate_configs(config, replicates)
-    results = []
-    for index, replicate in enumerate(configs):
+    state = (checkpoint.state if checkpoint is not None else None) or {}
+    results = [PromptResult.from_json(r) for r in state.get("done", [])]
+    current = state.get("current")
+    for index in range(len(results), len(configs)):
+        replicate = configs[index]
         logger.info(
             "%s replicate %d/%d: task=%s seed=%d", tuner.name, index + 1, len(configs), replicate.task, replicate.seed
         )
         callback = None if report is None else (lambda step, metrics, i=index: report(i, step, metrics))
-        results.append(tuner.run(replicate, report=callback))
+        inner = None
+        if checkpoint is not None:
+            done = [r.to_json() for r in results]
+            inner = Checkpointing(
+                every=checkpoint.every,
+                save=lambda tuner_state, done=done: checkpoint.save({"done": done, "current": tuner_state}),
+                state=current,
+            )
+        results.append(tuner.run(replicate, report=callback, checkpoint=inner))
+        current = None
+        if checkpoint is not None and getattr(tuner, "trains", True):
+            checkpoint.save({"done": [r.to_json() for r in results], "current": None})
     dev = [r.metrics.get("task/acc_dev", float("-inf")) for r in results]
     return ReplicatedResult(
         tuner=tuner.name,

@@ -31,6 +31,11 @@ SMOKE_FAST = [
     "tuner_config.pez.steps=2",
     "--set",
     "tuner_config.soft.steps=2",
+    # Placement is what these tests check: no baselines, one replicate.
+    "--set",
+    "baselines=[]",
+    "--set",
+    "replicates=1",
 ]
 
 
@@ -213,6 +218,10 @@ def test_two_node_cluster_spreads_fractional_gpu_trials(cluster, tmp_path):
             "tuners=[pez, soft]",
             "--set",
             "tuner_config.soft.steps=2",
+            "--set",
+            "baselines=[]",
+            "--set",
+            "replicates=1",
         ],
         timeout=600,
         RAY_ADDRESS=cluster["address"],
