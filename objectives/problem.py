@@ -1,9 +1,11 @@
 """The prompt-tuning problem every tuner solves: a frozen LM, a task, a template and a verbalizer.
 
 ``ProblemConfig`` holds the fields every tuner shares; tuners extend it with their own. ``Problem`` is the
-built form: the loaded LM, the k-shot splits and one ``PromptScorer`` per split (train and dev keep their
-frozen input caches resident; test streams). ``build_problem`` caches built problems per process, keyed by
-the problem fields only, so later trials in one Ray worker reuse the model, the data and the caches.
+built form: the loaded LM, the k-shot splits and one ``PromptScorer`` per split (each keeps its frozen input
+cache resident while it fits the scorer's memory budget, else streams it). ``build_problem`` caches built
+problems per process, keyed by the problem fields only, so later trials in one Ray worker reuse the model, the
+data and the caches; scorers are shared further, between problems whose split is the same (``shared_scorer``):
+replicates on different train/dev seeds share one test set, whose frozen pass then runs once per process.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from objectives.errors import ConfigError
 from objectives.models import LanguageModel, load_lm
-from objectives.scoring import TEMPLATES, PromptScorer
+from objectives.scoring import TEMPLATES, PromptScorer, shared_scorer
 from objectives.tasks import Task, load_task, verbalizer_ids
 
 SPLITS = ("train", "dev", "test")
@@ -29,10 +32,6 @@ SPLITS = ("train", "dev", "test")
 # - last: the final step's prompt. No selection at all (so no selection noise), at the mercy of the last step.
 # Test data never takes part in any of them.
 SELECTIONS = ("dev_acc", "dev_objective", "last")
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; the message names it and says how to fix it."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,13 +128,14 @@ def _build(config: ProblemConfig) -> Problem:
         seed=config.seed,
     )
     scorers = {
-        split: PromptScorer(
+        # Every split's keys/values stay resident while they fit the scorer's memory budget, and a scorer is
+        # shared by every problem with the same split texts: trials that share a worker process, and replicates
+        # that share a test set, then score it on prompt positions only.
+        split: shared_scorer(
             lm,
             task.texts(split),
             template=config.template,
             verbalizer_ids=ids,
-            # Every split's keys/values stay resident while they fit the scorer's memory budget: trials that
-            # share a worker process (and so this problem) then score the test split on prompt positions only.
             use_cache=config.use_cache,
             chunk_size=config.eval_chunk,
         )

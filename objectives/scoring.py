@@ -9,47 +9,78 @@ Two templates place the prompt relative to the input ``x``:
 - ``prefix``: ``{prompt}{x} It was`` and the next-token logits after the template (PEZ/OpenPrompt layout).
   The prompt comes first, so nothing is cacheable and every pass runs the full sequence.
 
+Cost follows the real tokens: the examples of a split are sorted by length and cut into chunks of similar
+length (``_partition``), each padded only to its own longest and holding its own key/value cache, so a split
+with a long tail pays for its long examples only where they are. A call on arbitrary rows (training passes
+random batches) groups the rows by length, runs each group padded to its own longest, and returns the
+results in the caller's row order.
+
 Inputs are right-padded: a padded query then still sees real tokens before it, so no attention row is fully
 masked (which would put NaNs into cached values), and explicit position ids keep every real token at its
 unpadded position. Prompts enter as embeddings, so gradients reach a soft prompt or, through PEZ's
 straight-through trick, the projected one.
+
+Several prompts on one example share that example's cached keys/values: their ``P·L`` positions run as one
+sequence against the cache, under a mask that lets each prompt see ``x`` and its own earlier positions only.
+No copy of the cache per prompt is made, which is what made the multi-prompt path (RLPrompt's reward) run at
+half the per-token speed of an uncached pass.
+
+``shared_scorer`` keeps one scorer per (LM, template, verbalizer, texts, settings) in the process, so that
+problems which share a split (replicates on different train/dev seeds share one test set) run its frozen
+pass once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from objectives.models import LanguageModel
 
 TEMPLATES = ("suffix", "prefix")
 PREFIX_TAIL = " It was"
+# What one more forward call costs, in padded tokens, when cutting a split into chunks. Measured on 2 CPU
+# cores (GPT-2-small, SmolLM2-135M): a call on 32 tokens takes ~150 ms, on 128 ~250 ms, and throughput only
+# levels off above ~256 tokens a call, so a call is worth ~128 tokens there; on a GPU a call on few tokens
+# is launch-bound and worth thousands. Only speed depends on it, never the result.
+_CALL_TOKENS = {"cpu": 128, "cuda": 4096}
+# Attention implementations that take a custom 4-D mask, needed to run several prompts in one sequence.
+_PACKABLE = ("sdpa", "eager")
+
+Layers = list[tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class _Encoded:
-    """Token ids of one split, right-padded: ``ids``/``mask`` are ``(N, T)``, ``lengths`` is ``(N,)``."""
+def _partition(lengths: Sequence[int], max_rows: int, call_tokens: int) -> list[tuple[int, int]]:
+    """Cut non-decreasing ``lengths`` into runs ``[start, end)`` of at most ``max_rows`` examples.
 
-    ids: torch.Tensor
-    mask: torch.Tensor
-    lengths: torch.Tensor
+    Minimises the padded tokens (each run is padded to its longest, its last) plus ``call_tokens`` per run:
+    exact dynamic programming over the cut points, ``O(len(lengths) · max_rows)``.
+    """
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        width = lengths[end - 1]
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * width + call_tokens
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    runs = []
+    end = n
+    while end > 0:
+        runs.append((cut[end], end))
+        end = cut[end]
+    return runs[::-1]
 
 
-def _encode(lm: LanguageModel, texts: Sequence[str]) -> _Encoded:
+def _tokenize(lm: LanguageModel, texts: Sequence[str]) -> list[list[int]]:
     # No special tokens anywhere: GPT-2 has no BOS by convention in RLPrompt/PEZ, and adding one only for
     # some tokenizers would make templates mean different things on different models.
-    rows = [lm.tokenizer.encode(t, add_special_tokens=False) or [_filler_id(lm)] for t in texts]
-    lengths = torch.tensor([len(r) for r in rows])
-    width = int(lengths.max())
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    return _Encoded(ids.to(lm.device), mask.to(lm.device), lengths.to(lm.device))
+    return [lm.tokenizer.encode(t, add_special_tokens=False) or [_filler_id(lm)] for t in texts]
 
 
 def _filler_id(lm: LanguageModel) -> int:
@@ -61,6 +92,33 @@ def _filler_id(lm: LanguageModel) -> int:
     return 0
 
 
+class _FrozenPrefixLayer(DynamicLayer):
+    """One layer's keys/values ``(B, kv_heads, T, head_dim)`` of ``x``, read but never changed.
+
+    ``DynamicCache(layers)`` copies every tensor it is given (its layers grow by concatenation onto an empty
+    tensor), and a resident cache must not be modified by a pass: this layer holds the given tensors (views
+    of the resident cache) as they are and returns them with the new positions appended, keeping nothing.
+    """
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device = keys.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: object, **kwargs: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([self.keys, key_states], dim=-2), torch.cat([self.values, value_states], dim=-2)
+
+
+class _FrozenPrefixCache(DynamicCache):
+    """A ``DynamicCache`` over frozen per-layer keys/values, built without copying them."""
+
+    def __init__(self, layers: Layers) -> None:
+        Cache.__init__(self, layers=[_FrozenPrefixLayer(k, v) for k, v in layers])
+
+
 class PromptScorer:
     """Next-token logits of the verbalizer words for prompts applied to the examples of one split.
 
@@ -70,9 +128,11 @@ class PromptScorer:
         template: ``suffix`` or ``prefix``.
         verbalizer_ids: one token id per class, ``(C,)``.
         use_cache: keep the frozen keys/values of every ``x`` resident (``suffix`` only), as long as they
-            fit in ``cache_budget_bytes``. A split over budget streams instead: its cache is built chunk by
-            chunk inside each call, which costs the same as an uncached pass once.
-        chunk_size: examples per forward pass, bounding memory.
+            fit in ``cache_budget_bytes``. A split over budget streams instead: its cache is built group by
+            group inside each call, which costs the same as an uncached pass once.
+        chunk_size: the most examples per forward pass, bounding memory (``chunk_size // P`` with ``P``
+            prompts where each (prompt, example) pair is its own sequence: ``prefix``, or an attention
+            implementation without custom masks); also the most examples per chunk of the resident cache.
         cache_budget_bytes: the most memory a resident cache may take.
     """
 
@@ -89,6 +149,8 @@ class PromptScorer:
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r} is not one of {TEMPLATES}")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} must be >= 1")
         self.lm = lm
         self.template = template
         self.verbalizer_ids = torch.tensor(list(verbalizer_ids), device=lm.device)
@@ -96,54 +158,139 @@ class PromptScorer:
         self.n = len(texts)
         if template == "prefix":
             texts = [" " + t.strip() + PREFIX_TAIL for t in texts]
-        self._inputs = _encode(lm, texts)
+        tokens = _tokenize(lm, texts)
+        self._tokens = [torch.tensor(t, device=lm.device) for t in tokens]
+        self._lengths = [len(t) for t in tokens]
+        self._call_tokens = _CALL_TOKENS.get(lm.device.type, _CALL_TOKENS["cuda"])
+        # Chunks: runs of the length-sorted examples (indices into the split), each padded to its own longest.
+        order = sorted(range(self.n), key=self._lengths.__getitem__)
+        runs = _partition([self._lengths[i] for i in order], chunk_size, self._call_tokens)
+        self._chunks = [order[start:end] for start, end in runs]
+        # Where each example sits: (chunk, slot in chunk); sorting rows by it sorts them by length.
+        self._where = [(0, 0)] * self.n
+        for c, chunk in enumerate(self._chunks):
+            for slot, row in enumerate(chunk):
+                self._where[row] = (c, slot)
+        self._packable = getattr(lm.model.config, "_attn_implementation", None) in _PACKABLE
+        # No-prompt logits (N, C), filled by whichever frozen pass over x runs first: the resident cache's,
+        # a streamed call's, or empty_prompt_logits' own. The lock keeps them computed once under threads.
+        self._empty = torch.zeros(self.n, len(self.verbalizer_ids), device=lm.device)
+        self._empty_known = [False] * self.n
+        self._lock = threading.Lock()
+        self._baseline_lock = threading.Lock()
         self.cached = use_cache and template == "suffix" and self.cache_bytes() <= cache_budget_bytes
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        # The pass that builds the cache also ends at each x's last token: the no-prompt logits come free.
-        self._empty: torch.Tensor | None = None
+        self._chunk_kv: list[Layers] | None = None
         if self.cached:
-            self._kv = self._input_cache(torch.arange(self.n, device=lm.device), keep_empty=True)
+            self._chunk_kv = [self._input_cache(chunk) for chunk in self._chunks]
 
     def cache_bytes(self) -> int:
-        """Memory a resident key/value cache of this split takes (padded width, model dtype)."""
+        """Memory the resident key/value cache of this split takes: each chunk padded to its own longest."""
         config = self.lm.model.config.get_text_config()
         heads = config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
         itemsize = 2 if self.lm.device.type == "cuda" else self.lm.embeddings.element_size()
-        return int(self._inputs.ids.numel()) * config.num_hidden_layers * 2 * kv_heads * head_dim * itemsize
+        tokens = sum(len(chunk) * self._lengths[chunk[-1]] for chunk in self._chunks)
+        return tokens * config.num_hidden_layers * 2 * kv_heads * head_dim * itemsize
+
+    def padded_cache(self) -> Layers:
+        """The resident cache as one right-padded ``(N, kv_heads, T_max, head_dim)`` key/value pair per layer,
+        rows in the split's order. A copy, for benchmarks that need the whole split's cache as one tensor."""
+        assert self._chunk_kv is not None, "the split's cache is not resident (use_cache=False or over budget)"
+        return self._gather_cache(list(range(self.n)))
+
+    @property
+    def _kv(self) -> Layers | None:
+        # benchmarks/pez_step.py reads the split's cache under this name for its floor.
+        return self.padded_cache() if self._chunk_kv is not None else None
+
+    # --- inputs and the frozen pass over x ---------------------------------------------------------------
+
+    def _pad(self, rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Token ids and mask ``(B, T)`` of ``rows`` right-padded to their own longest, and lengths ``(B,)``."""
+        ids = torch.nn.utils.rnn.pad_sequence([self._tokens[r] for r in rows], batch_first=True)
+        lengths = torch.tensor([self._lengths[r] for r in rows], device=self.lm.device)
+        mask = (torch.arange(ids.shape[1], device=ids.device) < lengths[:, None]).long()
+        return ids, mask, lengths
 
     @torch.no_grad()
-    def _input_cache(self, rows: torch.Tensor, keep_empty: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-layer keys and values ``(rows, heads, T, head_dim)`` of the frozen LM over ``x``."""
-        kv: list[list[torch.Tensor]] = []
-        empty = []
-        for start in range(0, len(rows), self.chunk_size):
-            sel = rows[start : start + self.chunk_size]
-            with self.lm.autocast():
-                out = self.lm.body(
-                    input_ids=self._inputs.ids[sel],
-                    attention_mask=self._inputs.mask[sel],
-                    position_ids=self._positions(sel),
-                    use_cache=True,
-                )
-            if keep_empty:
-                last = self._inputs.lengths[sel] - 1
-                empty.append(self._verbalize(out.last_hidden_state[torch.arange(len(sel)), last]))
-            layers = [(k, v) for k, v, *_ in out.cache]
-            if not kv:
-                kv = [[k, v] for k, v in layers]
-            else:
-                for acc, (k, v) in zip(kv, layers, strict=True):
-                    acc[0] = torch.cat([acc[0], k])
-                    acc[1] = torch.cat([acc[1], v])
-        if keep_empty:
-            self._empty = torch.cat(empty)
-        return [(k, v) for k, v in kv]
+    def _input_cache(self, rows: Sequence[int], *, keep: bool = True) -> Layers:
+        """One frozen pass over ``x`` of ``rows``: per-layer keys and values ``(B, kv_heads, T, head_dim)``,
+        ``T`` the longest of ``rows``. It ends at each ``x``'s last token, so it records the no-prompt logits
+        of ``rows`` too; with ``keep=False`` it keeps only those (no cache is built)."""
+        ids, mask, lengths = self._pad(rows)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(len(rows), -1)
+        with self.lm.autocast():
+            out = self.lm.body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=keep)
+            empty = self._verbalize(out.last_hidden_state[torch.arange(len(rows), device=ids.device), lengths - 1])
+        with self._lock:
+            index = torch.tensor(list(rows), device=self.lm.device)
+            self._empty[index] = empty
+            for r in rows:
+                self._empty_known[r] = True
+        return [(k, v) for k, v, *_ in out.cache] if keep else []
 
-    def _positions(self, rows: torch.Tensor) -> torch.Tensor:
-        width = self._inputs.ids.shape[1]
-        return torch.arange(width, device=self.lm.device).expand(len(rows), width)
+    def _gather_cache(self, rows: Sequence[int]) -> Layers:
+        """The resident keys/values of ``rows`` (sorted by ``_where``), right-padded to their longest.
+
+        Rows that are a contiguous run of one chunk are a view of it (no copy); others are gathered.
+        """
+        assert self._chunk_kv is not None
+        width = max(self._lengths[r] for r in rows)
+        pieces: list[tuple[int, list[int]]] = []
+        for r in rows:
+            c, slot = self._where[r]
+            if pieces and pieces[-1][0] == c:
+                pieces[-1][1].append(slot)
+            else:
+                pieces.append((c, [slot]))
+        layers: Layers = []
+        for layer in range(len(self._chunk_kv[0])):
+            keys, values = [], []
+            for c, slots in pieces:
+                k, v = self._chunk_kv[c][layer]
+                if slots == list(range(slots[0], slots[-1] + 1)):
+                    k, v = k[slots[0] : slots[-1] + 1], v[slots[0] : slots[-1] + 1]
+                else:
+                    index = torch.tensor(slots, device=k.device)
+                    k, v = k[index], v[index]
+                keys.append(_fit_width(k, width))
+                values.append(_fit_width(v, width))
+            layers.append((torch.cat(keys), torch.cat(values)) if len(keys) > 1 else (keys[0], values[0]))
+        return layers
+
+    # --- grouping rows ----------------------------------------------------------------------------------
+
+    def _groups(self, rows: Sequence[int], max_rows: int, extra_tokens: int) -> list[list[list[int]]]:
+        """Positions into ``rows`` grouped into forward passes of at most ``max_rows`` examples each; a pass
+        is a list of groups that share one frozen pass over ``x`` each (when no cache is resident).
+
+        With a resident cache a pass runs only prompt positions, whose cost hardly depends on the cached
+        width: passes follow the chunks (a whole chunk is a view of its cache) and small neighbours merge.
+        Streamed, the frozen passes are cut from the length-sorted rows to minimise padded tokens plus the
+        cost of a call, and their caches merge into prompt passes of up to ``max_rows`` examples (a prompt
+        pass on a few examples costs about as much as on many). With ``prefix`` every pass runs every token
+        of its examples (``extra_tokens`` more each) and is cut the same way.
+        """
+        by_length = sorted(range(len(rows)), key=lambda p: self._where[rows[p]])
+        if self.template == "suffix" and self._chunk_kv is not None:
+            pieces: list[list[int]] = []
+            last_chunk = -1
+            for p in by_length:
+                c = self._where[rows[p]][0]
+                if c != last_chunk or len(pieces[-1]) == max_rows:
+                    pieces.append([])
+                pieces[-1].append(p)
+                last_chunk = c
+            return [[[p for piece in merged for p in piece]] for merged in _merge(pieces, max_rows)]
+        if self.template == "suffix":
+            lengths = [self._lengths[rows[p]] for p in by_length]
+            runs = _partition(lengths, min(max_rows, self.chunk_size), self._call_tokens)
+            return _merge([by_length[start:end] for start, end in runs], max_rows)
+        lengths = [self._lengths[rows[p]] + extra_tokens for p in by_length]
+        return [[by_length[start:end]] for start, end in _partition(lengths, max_rows, self._call_tokens)]
+
+    # --- prompted passes --------------------------------------------------------------------------------
 
     def logits(
         self,
@@ -151,112 +298,161 @@ class PromptScorer:
         rows: torch.Tensor | None = None,
         *,
         full_vocab: bool = False,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Verbalizer logits for every prompt on every selected example.
 
         Args:
             prompt: prompt embeddings ``(L, d_model)`` or ``(P, L, d_model)``.
-            rows: example indices ``(B,)``; all examples when ``None``.
+            rows: example indices ``(B,)``, any order, repeats allowed; all examples when ``None``.
             full_vocab: return full-vocabulary logits at every position from the first prompt token through
                 the prediction position instead (for ``faith/output``).
 
         Returns:
             ``(P, B, C)`` verbalizer logits (fp32), or with ``full_vocab`` a pair ``(logits, mask)`` of
-            ``(P, B, S, vocab)`` and ``(P, B, S)``, ``mask`` marking real positions.
+            ``(P, B, S, vocab)`` and ``(P, B, S)``, ``mask`` marking real positions; the ``P`` axis is absent
+            for a ``(L, d_model)`` prompt. Row ``b`` is the example ``rows[b]``.
         """
         squeeze = prompt.dim() == 2
         prompts = prompt.unsqueeze(0) if squeeze else prompt
-        if rows is None:
-            rows = torch.arange(self.n, device=self.lm.device)
-        chunks = []
-        step = max(1, self.chunk_size // prompts.shape[0])
-        for start in range(0, len(rows), step):
-            chunks.append(self._logits_chunk(prompts, rows[start : start + step], full_vocab))
+        n_prompts, length, _ = prompts.shape
+        row_list = list(range(self.n)) if rows is None else [int(r) for r in rows.tolist()]
+        if not row_list:
+            raise ValueError("rows is empty; pass at least one example index")
+        passes = self._groups(row_list, self._max_rows(n_prompts), length)
+        outs = [
+            self._group_logits(prompts, [[row_list[p] for p in group] for group in groups], full_vocab)
+            for groups in passes
+        ]
+        # Back to the caller's order: the passes hold positions into row_list, sorted by length.
+        inverse = torch.empty(len(row_list), dtype=torch.long)
+        inverse[[p for groups in passes for group in groups for p in group]] = torch.arange(len(row_list))
+        inverse = inverse.to(self.lm.device)
         if full_vocab:
-            width = max(c[0].shape[2] for c in chunks)
-            logits = torch.cat([_pad_dim2(c[0], width) for c in chunks], dim=1)
-            mask = torch.cat([_pad_dim2(c[1], width) for c in chunks], dim=1)
+            width = max(out[0].shape[2] for out in outs)
+            logits = torch.cat([_pad_dim2(out[0], width) for out in outs], dim=1)[:, inverse]
+            mask = torch.cat([_pad_dim2(out[1], width) for out in outs], dim=1)[:, inverse]
             return (logits[0], mask[0]) if squeeze else (logits, mask)
-        out = torch.cat(chunks, dim=1)
+        out = torch.cat(outs, dim=1)[:, inverse]
         return out[0] if squeeze else out
 
-    def _logits_chunk(
-        self, prompts: torch.Tensor, rows: torch.Tensor, full_vocab: bool
+    def _max_rows(self, n_prompts: int) -> int:
+        """Examples per pass for ``n_prompts`` prompts: ``chunk_size`` when the prompts of an example share one
+        sequence against its cache (a pass then holds one cache row and ``P·L`` new positions per example),
+        else ``chunk_size // P`` (a pass holds ``P`` full sequences per example)."""
+        if self.template == "suffix" and (n_prompts == 1 or self._packable):
+            return self.chunk_size
+        return max(1, self.chunk_size // n_prompts)
+
+    def _group_logits(
+        self, prompts: torch.Tensor, groups: list[list[int]], full_vocab: bool
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        n_prompts, length, _ = prompts.shape
-        batch = len(rows)
+        """One prompted forward pass on the examples of ``groups`` (each group one frozen pass over ``x`` when
+        no cache is resident): ``(P, B, C)``, or ``(P, B, S, vocab)`` and ``(P, B, S)`` with ``full_vocab``."""
+        rows = [r for group in groups for r in group]
         if self.template == "suffix":
-            hidden, pos_mask = self._suffix_hidden(prompts, rows)
-        else:
-            hidden, pos_mask = self._prefix_hidden(prompts, rows)
-        # hidden: (P*B, S, d) over the positions that depend on the prompt; the prediction position is the
-        # last real one of each row.
+            if self._chunk_kv is not None:
+                layers = self._gather_cache(rows)
+            else:
+                layers = _cat_caches([self._input_cache(group) for group in groups])
+            lengths = torch.tensor([self._lengths[r] for r in rows], device=self.lm.device)
+            hidden = self._suffix_hidden(prompts, layers, lengths)  # (P, B, L, d)
+            with self.lm.autocast():
+                if full_vocab:
+                    mask = torch.ones(hidden.shape[:3], dtype=torch.long, device=hidden.device)
+                    return self.lm.head(hidden).float(), mask
+                return self._verbalize(hidden[:, :, -1])
+        hidden, mask = self._prefix_hidden(prompts, rows)  # (P, B, S, d), (P, B, S)
         with self.lm.autocast():
             if full_vocab:
-                logits = self.lm.head(hidden).float()
-                return (
-                    logits.view(n_prompts, batch, *logits.shape[1:]),
-                    pos_mask.view(n_prompts, batch, -1),
-                )
-            last = pos_mask.sum(1) - 1
-            logits = self._verbalize(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        return logits.view(n_prompts, batch, -1)
+                return self.lm.head(hidden).float(), mask
+            last = mask.sum(-1, keepdim=True) - 1  # (P, B, 1): the template's last real token
+            at = torch.gather(hidden, 2, last[..., None].expand(-1, -1, -1, hidden.shape[-1]))[:, :, 0]
+            return self._verbalize(at)
 
-    def _suffix_hidden(self, prompts: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n_prompts, length, _ = prompts.shape
-        kv = self._kv if self._kv is not None else None
-        if kv is not None:
-            layers = [(k[rows], v[rows]) for k, v in kv]
-        else:
-            layers = self._input_cache(rows)
-        if n_prompts > 1:
-            layers = [(k.repeat(n_prompts, 1, 1, 1), v.repeat(n_prompts, 1, 1, 1)) for k, v in layers]
-        mask_x = self._inputs.mask[rows].repeat(n_prompts, 1)
-        lengths = self._inputs.lengths[rows].repeat(n_prompts)
-        embeds = prompts.repeat_interleave(len(rows), dim=0)
-        ones = torch.ones(embeds.shape[0], length, dtype=mask_x.dtype, device=mask_x.device)
-        positions = lengths[:, None] + torch.arange(length, device=lengths.device)
+    def _suffix_hidden(self, prompts: torch.Tensor, layers: Layers, lengths: torch.Tensor) -> torch.Tensor:
+        """Final hidden states ``(P, B, L, d)`` of ``P`` prompts ``(P, L, d)`` placed after each cached ``x``.
+
+        ``layers`` hold the keys/values ``(B, kv_heads, T, head_dim)`` of the ``B`` inputs, ``lengths`` their
+        real lengths ``(B,)``.
+        """
+        n_prompts, length, dim = prompts.shape
+        batch, width = len(lengths), layers[0][0].shape[2]
+        device = lengths.device
+        real = torch.arange(width, device=device) < lengths[:, None]  # (B, T): keys of x that are not padding
+        steps = torch.arange(length, device=device)
+        if n_prompts == 1 or not self._packable:
+            # One sequence per (prompt, example) pair, through the model's own causal mask.
+            if n_prompts > 1:
+                layers = [(k.repeat(n_prompts, 1, 1, 1), v.repeat(n_prompts, 1, 1, 1)) for k, v in layers]
+            embeds = prompts.repeat_interleave(batch, dim=0)
+            mask = torch.cat([real.long().repeat(n_prompts, 1), real.new_ones(n_prompts * batch, length).long()], 1)
+            positions = lengths.repeat(n_prompts)[:, None] + steps
+            with self.lm.autocast():
+                out = self.lm.body(
+                    inputs_embeds=embeds,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    cache=_FrozenPrefixCache(layers),
+                    use_cache=True,
+                )
+            return out.last_hidden_state.view(n_prompts, batch, length, -1)
+        # All P prompts of an example in one sequence of P·L positions against its cache, once: prompt p sees
+        # the real tokens of x and its own earlier positions, never another prompt's.
+        embeds = prompts.reshape(1, n_prompts * length, dim).expand(batch, -1, -1)
+        positions = lengths[:, None] + steps.repeat(n_prompts)
+        prompt_of = torch.arange(n_prompts, device=device).repeat_interleave(length)
+        step_of = steps.repeat(n_prompts)
+        own = (prompt_of[:, None] == prompt_of[None, :]) & (step_of[:, None] >= step_of[None, :])  # (PL, PL)
+        allowed = torch.cat(
+            [real[:, None, :].expand(-1, n_prompts * length, -1), own.expand(batch, -1, -1)], dim=2
+        ).unsqueeze(1)  # (B, 1, PL, T + PL)
+        if self.lm.model.config._attn_implementation == "eager":
+            allowed = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
         with self.lm.autocast():
             out = self.lm.body(
                 inputs_embeds=embeds,
-                attention_mask=torch.cat([mask_x, ones], dim=1),
+                attention_mask=allowed,
                 position_ids=positions,
-                cache=DynamicCache(layers),
+                cache=_FrozenPrefixCache(layers),
                 use_cache=True,
             )
-        return out.last_hidden_state, ones
+        return out.last_hidden_state.view(batch, n_prompts, length, -1).transpose(0, 1)
 
-    def _prefix_hidden(self, prompts: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prefix_hidden(self, prompts: torch.Tensor, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final hidden states ``(P, B, L + T, d)`` of ``{prompt}{x} It was`` and their mask ``(P, B, L + T)``."""
         n_prompts, length, _ = prompts.shape
-        ids = self._inputs.ids[rows]
+        ids, x_mask, _ = self._pad(rows)
+        batch = len(rows)
         x_embeds = self.lm.model.get_input_embeddings()(ids).repeat(n_prompts, 1, 1)
-        embeds = torch.cat([prompts.repeat_interleave(len(rows), dim=0).to(x_embeds.dtype), x_embeds], dim=1)
+        embeds = torch.cat([prompts.repeat_interleave(batch, dim=0).to(x_embeds.dtype), x_embeds], dim=1)
         ones = torch.ones(embeds.shape[0], length, dtype=torch.long, device=embeds.device)
-        mask = torch.cat([ones, self._inputs.mask[rows].repeat(n_prompts, 1)], dim=1)
+        mask = torch.cat([ones, x_mask.repeat(n_prompts, 1)], dim=1)
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         with self.lm.autocast():
             out = self.lm.body(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
-        return out.last_hidden_state, mask
+        return out.last_hidden_state.view(n_prompts, batch, embeds.shape[1], -1), mask.view(n_prompts, batch, -1)
 
     @torch.no_grad()
     def empty_prompt_logits(self) -> torch.Tensor:
         """Verbalizer logits with no prompt at all (``{x}`` or ``{x} It was``): the baseline a prompt must beat.
 
-        Returns ``(N, C)`` for every example of the split.
+        Returns ``(N, C)`` for every example of the split. They come from the frozen pass over ``x`` that
+        builds the resident cache, or from the first streamed call that covers a row; rows no pass has seen
+        yet get one pass of their own here. Each row's are computed once.
         """
-        if self._empty is not None:
-            return self._empty
-        out = []
-        for start in range(0, self.n, self.chunk_size):
-            rows = torch.arange(start, min(start + self.chunk_size, self.n), device=self.lm.device)
-            with self.lm.autocast():
-                hidden = self.lm.body(
-                    input_ids=self._inputs.ids[rows],
-                    attention_mask=self._inputs.mask[rows],
-                    position_ids=self._positions(rows),
-                ).last_hidden_state
-            out.append(self._verbalize(hidden[torch.arange(len(rows)), self._inputs.lengths[rows] - 1]))
-        return torch.cat(out)
+        # Its own lock (``_input_cache`` takes ``_lock`` to record what it computed): a second thread waits
+        # for the first one's pass instead of running its own.
+        with self._baseline_lock:
+            missing = [r for r in range(self.n) if not self._empty_known[r]]
+            for group in self._frozen_groups(missing):
+                self._input_cache(group, keep=False)
+        return self._empty
+
+    def _frozen_groups(self, rows: list[int]) -> list[list[int]]:
+        """``rows`` cut into frozen passes over ``x`` alone (no prompt), as the chunks are cut."""
+        by_length = sorted(rows, key=self._where.__getitem__)
+        lengths = [self._lengths[r] for r in by_length]
+        return [by_length[s:e] for s, e in _partition(lengths, self.chunk_size, self._call_tokens)]
 
     def _verbalize(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of the verbalizer tokens only, ``(..., d_model)`` → ``(..., C)`` fp32: the head's other rows
@@ -272,10 +468,8 @@ class PromptScorer:
 
         Reference for tests and benchmarks. ``prompt`` is ``(L, d_model)``; returns ``(B, C)``.
         """
-        if rows is None:
-            rows = torch.arange(self.n, device=self.lm.device)
-        ids = self._inputs.ids[rows]
-        lengths = self._inputs.lengths[rows]
+        row_list = list(range(self.n)) if rows is None else [int(r) for r in rows.tolist()]
+        ids, _, lengths = self._pad(row_list)
         length = prompt.shape[0]
         x_embeds = self.lm.model.get_input_embeddings()(ids)
         batch, width, dim = x_embeds.shape
@@ -293,11 +487,84 @@ class PromptScorer:
         return self._verbalize(hidden[torch.arange(batch, device=ids.device), lengths + length - 1])
 
 
+def _merge(groups: list[list[int]], max_rows: int) -> list[list[list[int]]]:
+    """Consecutive ``groups`` collected into passes of at most ``max_rows`` examples (or one group)."""
+    passes: list[list[list[int]]] = []
+    size = 0
+    for group in groups:
+        if passes and size + len(group) <= max_rows:
+            passes[-1].append(group)
+            size += len(group)
+        else:
+            passes.append([group])
+            size = len(group)
+    return passes
+
+
+def _cat_caches(caches: list[Layers]) -> Layers:
+    """Per-layer keys/values of several groups ``(B_i, heads, T_i, head_dim)`` as one batch, right-padded."""
+    if len(caches) == 1:
+        return caches[0]
+    width = max(layers[0][0].shape[2] for layers in caches)
+    return [
+        (
+            torch.cat([_fit_width(k, width) for k, _ in per_layer]),
+            torch.cat([_fit_width(v, width) for _, v in per_layer]),
+        )
+        for per_layer in zip(*caches, strict=True)
+    ]
+
+
+def _fit_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    """Keys or values ``(B, heads, T, head_dim)`` cut or right-padded (zeros, masked) to ``T = width``."""
+    if t.shape[2] >= width:
+        return t[:, :, :width]
+    return torch.nn.functional.pad(t, (0, 0, 0, width - t.shape[2]))
+
+
 def _pad_dim2(t: torch.Tensor, width: int) -> torch.Tensor:
     if t.shape[2] == width:
         return t
     pad = [0, 0] * (t.dim() - 3) + [0, width - t.shape[2]]
     return torch.nn.functional.pad(t, pad)
+
+
+_SCORERS: dict[tuple, PromptScorer] = {}
+_SCORERS_LOCK = threading.Lock()
+
+
+def shared_scorer(
+    lm: LanguageModel,
+    texts: Sequence[str],
+    *,
+    template: str,
+    verbalizer_ids: Sequence[int],
+    use_cache: bool = True,
+    chunk_size: int = 64,
+) -> PromptScorer:
+    """The process's one ``PromptScorer`` for these texts on this LM, built on first use.
+
+    Problems that share a split (replicates of a trial on different train/dev seeds share one test set;
+    trials in one Ray worker share everything) then share its frozen pass and its resident cache. The key
+    holds the model object's identity as well as its spec: the scorer keeps the model alive, so the identity
+    cannot be reused by another model while the entry exists.
+    """
+    key = (
+        lm.spec,
+        str(lm.device),
+        id(lm.model),
+        template,
+        tuple(int(i) for i in verbalizer_ids),
+        tuple(texts),
+        use_cache,
+        chunk_size,
+    )
+    with _SCORERS_LOCK:
+        if key not in _SCORERS:
+            _SCORERS[key] = PromptScorer(
+                lm, texts, template=template, verbalizer_ids=verbalizer_ids, use_cache=use_cache, chunk_size=chunk_size
+            )
+        return _SCORERS[key]
 
 
 def prompt_logits(lm: LanguageModel, prompt: torch.Tensor) -> torch.Tensor:
