@@ -1,17 +1,22 @@
 """RLPrompt: reward, z-score, shaping, soft Q-learning losses and Polyak update checked by hand; the policy,
-fluent restriction, batched reward, config errors and exact checkpoint/resume."""
+fluent restriction, log_ppl from the decode, batched reward, config errors, exact checkpoint/resume (files and the
+tuner protocol's ``Checkpointing``) and the divergence stop."""
 
 from __future__ import annotations
 
+import io
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from objectives.metrics import zscore
+from objectives.errors import DivergedError
+from objectives.metrics import token_nll, zscore
 from objectives.problem import ConfigError
-from tuners import preset_config
+from objectives.scoring import prompt_logits
+from tuners import get_tuner, preset_config
+from tuners.base import Checkpointing
 from tuners.rlprompt import CHECKPOINT_NAME, RLPrompt, RLPromptConfig
 from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, start_token_id
 from tuners.rlprompt.sql import (
@@ -212,8 +217,45 @@ def test_fluent_mode_samples_only_the_task_lm_top_k(tiny_lm, tiny_llama, shared)
     unrestricted = free.decode(mlp, 8, 4, top_k=256, generator=torch.Generator().manual_seed(2))
     outside = _task_lm_top_k(tiny_lm, unrestricted.ids, k)
     assert not bool((outside == unrestricted.ids[..., None]).any(-1).all())
-    # Disallowed actions have Q = -inf, so the losses only see the restricted action set.
-    assert int(torch.isfinite(policy.q_values(mlp, rollout)).sum(-1).max()) == k
+    # Q-values exist for the k allowed actions only, so the losses only see the restricted action set.
+    q = policy.q_values(mlp, rollout)
+    assert q.shape == (8, 4, k) and bool(torch.isfinite(q).all())
+    assert torch.equal(policy.token_ids(rollout, rollout.choice), rollout.ids)
+
+
+def test_fluent_q_values_are_the_dense_ones_at_the_allowed_actions(tiny_lm):
+    policy, mlp = _policy(tiny_lm, fluent_top_k=4)
+    with torch.no_grad():  # an MLP far from zero, so its part of the Q-values shows
+        for p in mlp.parameters():
+            p.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))
+    rollout = policy.decode(mlp, 3, 3, top_k=256, generator=torch.Generator().manual_seed(0))
+    # The whole-vocabulary Q-values at the same states, from one full pass.
+    start = torch.full((3, 1), start_token_id(tiny_lm.tokenizer))
+    hidden = tiny_lm.body(input_ids=torch.cat([start, rollout.ids[:, :-1]], dim=1)).last_hidden_state
+    dense = torch.log_softmax(tiny_lm.head(hidden), -1) + mlp(hidden) @ tiny_lm.head.weight.T
+    torch.testing.assert_close(policy.q_values(mlp, rollout), dense.gather(-1, rollout.actions), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fluent_top_k", [None, 5], ids=["free", "fluent"])
+@pytest.mark.parametrize("shared", [True, False], ids=["policy-is-task-lm", "separate-policy-lm"])
+def test_decode_gives_the_task_lm_log_ppl(tiny_lm, tiny_llama, shared, fluent_top_k):
+    # The decode's log_ppl rows read the prompt without the start token: interp/log_ppl exactly, as a separate
+    # pass over the prompts alone computes it (objectives.evaluation.log_ppl).
+    policy, mlp = _policy(tiny_lm if shared else tiny_llama, task_lm=tiny_lm, fluent_top_k=fluent_top_k)
+    rollout = policy.decode(mlp, 5, 4, top_k=256, generator=torch.Generator().manual_seed(4), with_log_ppl=True)
+    expected = token_nll(prompt_logits(tiny_lm, tiny_lm.embeddings[rollout.ids]), rollout.ids)
+    assert rollout.log_ppl is not None
+    torch.testing.assert_close(rollout.log_ppl, expected, atol=1e-4, rtol=1e-5)
+    # Asked for nothing, the decode carries no log_ppl rows.
+    assert policy.decode(mlp, 2, 4).log_ppl is None
+
+
+def test_greedy_rows_of_a_sampled_decode_are_the_greedy_prompt(tiny_lm):
+    policy, mlp = _policy(tiny_lm)
+    greedy = policy.decode(mlp, 1, 4).ids[0]
+    sampled = policy.decode(mlp, 6, 4, top_k=50, generator=torch.Generator().manual_seed(0), greedy_rows=1)
+    assert torch.equal(sampled.ids[0], greedy)
+    assert not bool((sampled.ids[1:] == greedy).all(dim=1).all())
 
 
 # --- the training run ---------------------------------------------------------------------------------------
@@ -239,6 +281,50 @@ def test_reward_is_one_batched_call_over_all_prompts_and_examples(task_dir, monk
     slow = torch.stack([scorer.uncached_suffix_logits(p, rows) for p in embeds])
     torch.testing.assert_close(gap, task_rewards(slow, run.problem.labels["train"][rows]), atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(reward, gap - 0.5 * nll)
+
+
+def test_repeated_prompts_are_scored_once(task_dir, monkeypatch):
+    run = RLPrompt(_config(task_dir, lambda_ppl=0.5))
+    scorer = run.problem.scorers["train"]
+    shapes = []
+    original = scorer.logits
+    monkeypatch.setattr(
+        scorer, "logits", lambda prompt, rows=None, **kw: shapes.append(prompt.shape) or original(prompt, rows)
+    )
+    ids = torch.tensor([[11, 22, 33], [44, 55, 66], [11, 22, 33], [11, 22, 33]])
+    rows = torch.tensor([0, 2, 4])
+    reward, gap, acc, nll = run._rewards(ids, rows)
+    assert shapes == [(2, 3, run.problem.lm.embeddings.shape[1])]  # two distinct prompts
+    assert reward[0] == reward[2] == reward[3] and gap[0] == gap[3] and acc[0] == acc[2] and nll[0] == nll[3]
+    alone, _, _, _ = run._rewards(ids[1:2], rows)
+    torch.testing.assert_close(reward[1:2], alone, atol=1e-4, rtol=1e-5)
+
+
+def test_train_step_options(task_dir):
+    # updates_per_step: that many Adam steps per step on its rewarded prompts.
+    run = RLPrompt(_config(task_dir, updates_per_step=3))
+    run.train_step()
+    run.train_step()
+    assert all(int(s["step"]) == 6 for s in run.optimizer.state.values())
+    # include_greedy: the step's first prompt is the policy's greedy prompt, and its standing is reported.
+    run = RLPrompt(_config(task_dir, include_greedy=True))
+    greedy = run.greedy_prompt()
+    rollouts = []
+    decode = run.policy.decode
+    run.policy.decode = lambda *a, **kw: rollouts.append(decode(*a, **kw)) or rollouts[-1]
+    metrics = run.train_step()
+    assert torch.equal(rollouts[0].ids[0], greedy)
+    assert math.isfinite(metrics["train/greedy_z"])
+
+
+def test_an_unchanged_greedy_prompt_is_not_scored_again(task_dir, monkeypatch):
+    run = RLPrompt(_config(task_dir))
+    scorer = run.problem.scorers["dev"]
+    calls = []
+    original = scorer.logits
+    monkeypatch.setattr(scorer, "logits", lambda prompt, rows=None, **kw: calls.append(1) or original(prompt, rows))
+    first = run.evaluate_dev()
+    assert run.evaluate_dev() == first and len(calls) == 1
 
 
 def test_checkpoint_resume_gives_the_uninterrupted_result(task_dir, tmp_path):
@@ -284,6 +370,72 @@ def test_resume_refuses_another_configuration(task_dir, tmp_path):
     RLPrompt(_config(task_dir, steps=3)).load(path)  # a longer budget is a valid resume
 
 
+def _through_torch_save(state):
+    """What the sweep's checkpoint does to a state: ``torch.save`` and ``torch.load(weights_only=True)``."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_protocol_checkpoint_resume_gives_the_uninterrupted_result(task_dir):
+    tuner = get_tuner("rlprompt")
+    config = _config(task_dir, steps=5, eval_every=1, batch_size=5)
+    full = tuner.run(config)
+
+    class Stop(Exception):
+        pass
+
+    events = []
+    saved = []
+
+    def save(state):
+        events.append(("save", state["step"]))
+        saved.append(state)
+
+    def report(step, metrics):
+        events.append(("report", step))
+        if step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        tuner.run(config, report=report, checkpoint=Checkpointing(every=2, save=save))
+    # Saved every 2 steps, after that step's report.
+    assert events == [("report", 1), ("report", 2), ("save", 2), ("report", 3)]
+    # The saved state is a copy: the run went on to step 3 after saving it, without changing it.
+    assert saved[0]["step"] == 2 and saved[0]["optimizer"]["state"][0]["step"] == 2
+
+    later = []
+    resumed = tuner.run(
+        config,
+        report=lambda step, metrics: later.append(step),
+        checkpoint=Checkpointing(every=2, save=saved.append, state=_through_torch_save(saved[0])),
+    )
+    assert later == [3, 4, 5]
+    assert resumed.prompt_ids == full.prompt_ids
+    assert resumed.metrics == full.metrics
+    assert resumed.history == full.history and resumed.steps == 5
+    assert [s["step"] for s in saved] == [2, 4]
+
+
+def test_divergence_stops_at_the_step_with_a_clear_error(task_dir):
+    # lr=1e30: step 1's update throws the MLP's weights to ~1e30, so step 2's loss is no longer finite.
+    reported = []
+    with pytest.raises(DivergedError, match=r"loss became (nan|inf) at step 2"):
+        get_tuner("rlprompt").run(
+            _config(task_dir, lr=1e30, steps=6, eval_every=1), report=lambda step, metrics: reported.append(step)
+        )
+    assert reported == [1]
+    # A diverged step does not update: the MLP holds what step 1 left.
+    run = RLPrompt(_config(task_dir, lr=1e30))
+    run.train_step()
+    before = {k: v.clone() for k, v in run.mlp.state_dict().items()}
+    with pytest.raises(DivergedError, match="at step 2"):
+        run.train_step()
+    assert run.step == 1
+    assert all(torch.equal(v, run.mlp.state_dict()[k]) for k, v in before.items())
+
+
 # --- configuration -----------------------------------------------------------------------------------------
 
 
@@ -295,7 +447,7 @@ def test_resume_refuses_another_configuration(task_dir, tmp_path):
         ({"polyak": 0.0}, "polyak=0.0 must be in (0, 1]"),
         ({"polyak": 1.5}, "polyak=1.5 must be in (0, 1]"),
         ({"top_k": 0}, "top_k=0 must be >= 1"),
-        ({"fluent_top_k": 0}, "fluent_top_k=0 must be >= 1"),
+        ({"fluent_top_k": -1}, "fluent_top_k=-1 must be >= 0"),
         ({"mlp_hidden": 0}, "mlp_hidden=0 must be >= 1"),
         ({"lambda_ppl": -1.0}, "lambda_ppl=-1.0 must be >= 0"),
         ({"grad_clip": -1.0}, "grad_clip=-1.0 must be >= 0"),
@@ -305,6 +457,7 @@ def test_resume_refuses_another_configuration(task_dir, tmp_path):
         ({"checkpoint_every": 5}, "checkpoint_every=5 needs checkpoint_dir"),
         ({"checkpoint_every": -1}, "checkpoint_every=-1 must be >= 0"),
         ({"steps": 0}, "steps=0 must be >= 1"),
+        ({"updates_per_step": 0}, "updates_per_step=0 must be >= 1"),
     ],
 )
 def test_bad_config_is_a_clear_error(values, message):

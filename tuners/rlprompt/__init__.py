@@ -1,5 +1,5 @@
 """RLPrompt (Deng et al. 2022): discrete prompts from a policy trained by soft Q-learning on a task reward,
-with the interpretability term of DESIGN.md (``reward = r_task - lambda_ppl · log_ppl``) and the optional
+with the interpretability term of the README (``reward = r_task - lambda_ppl · log_ppl``) and the optional
 fluent restriction to the task LM's own top-k next tokens.
 
 - ``config``: ``RLPromptConfig``.
@@ -12,9 +12,7 @@ The registered tuner ``rlprompt`` runs ``RLPrompt(config).train(...)``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tuners.base import PromptResult, Reporter, register
+from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.rlprompt.config import RLPromptConfig
 from tuners.rlprompt.trainer import CHECKPOINT_NAME, RLPrompt
 
@@ -28,10 +26,15 @@ class RLPromptTuner:
     config_cls = RLPromptConfig
 
     def run(
-        self, config: RLPromptConfig, *, report: Reporter | None = None, resume_from: str | Path | None = None
+        self, config: RLPromptConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None
     ) -> PromptResult:
-        """Train ``config`` (from the checkpoint ``resume_from`` when given) and return the best prompt."""
-        return RLPrompt(config).train(report=report, resume_from=resume_from)
+        """Train ``config`` and return the selected prompt.
+
+        With ``checkpoint``, the run's state goes to ``checkpoint.save`` every ``checkpoint.every`` steps and a
+        given ``checkpoint.state`` is continued from. Raises ``objectives.errors.DivergedError`` at the first
+        step whose loss or reward is not finite.
+        """
+        return RLPrompt(config).train(report=report, checkpoint=checkpoint)
 
     def __repr__(self) -> str:
         return "RLPromptTuner()"

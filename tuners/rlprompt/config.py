@@ -44,8 +44,23 @@ class RLPromptConfig(ProblemConfig):
     lambda_ppl: float = field(
         default=0.0, metadata={"help": "weight of interp/log_ppl subtracted from the gap reward before z-scoring"}
     )
-    fluent: bool = field(default=False, metadata={"help": "restrict each token to the task LM's top fluent_top_k"})
-    fluent_top_k: int = field(default=20, metadata={"help": "k of the fluent restriction"})
+    fluent_top_k: int = field(
+        default=0, metadata={"help": "restrict each token to the task LM's top-k next tokens (0: no restriction)"}
+    )
+    updates_per_step: int = field(
+        default=1,
+        metadata={
+            "help": "soft Q-learning updates on each step's rewarded prompts (>1 reuses the costly rewards; SQL's "
+            "targets hold for off-policy paths, so the repeats stay valid as the policy moves)"
+        },
+    )
+    include_greedy: bool = field(
+        default=False,
+        metadata={
+            "help": "make one of each step's prompts the policy's greedy prompt, rewarded against the samples: a "
+            "greedy prompt worse than what the policy samples is pushed down directly (self-critical)"
+        },
+    )
     eval_every: int = field(default=10, metadata={"help": "steps between dev evaluations of the greedy prompt"})
     grad_clip: float = field(default=5.0, metadata={"help": "max gradient norm of the MLP (0 turns clipping off)"})
     checkpoint_dir: str | None = field(default=None, metadata={"help": "folder for resumable checkpoints"})
@@ -53,9 +68,11 @@ class RLPromptConfig(ProblemConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("steps", "batch_size", "top_k", "mlp_hidden", "fluent_top_k", "eval_every"):
+        for name in ("steps", "batch_size", "top_k", "mlp_hidden", "updates_per_step", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.fluent_top_k < 0:
+            raise ConfigError(f"fluent_top_k={self.fluent_top_k} must be >= 0 (0: no fluent restriction)")
         if self.prompts_per_step < 2:
             raise ConfigError(
                 f"prompts_per_step={self.prompts_per_step} must be >= 2: rewards are z-scored across the prompts "

@@ -3,19 +3,22 @@
 One step (as the original's ``SQLModule`` on-policy mode):
 
 1. Polyak-update the target MLP towards the online one.
-2. Sample ``prompts_per_step`` prompts from the policy (top-k).
-3. Reward them: the gap reward of every prompt on the step's training examples, all in one batched
+2. Sample ``prompts_per_step`` prompts from the policy (top-k); with ``include_greedy`` the first of them is
+   the policy's greedy prompt. The decode also yields each prompt's ``interp/log_ppl`` (``policy.py``).
+3. Reward them: the gap reward of every distinct prompt on the step's training examples, all in one batched
    ``PromptScorer.logits`` call over the frozen input cache, minus ``lambda_ppl · log_ppl``; z-scored across
    the prompts, then shaped.
 4. SQL loss (single-step + path consistency) of the online Q-values against the target's; Adam step with
-   the gradient norm clipped.
+   the gradient norm clipped (``updates_per_step`` times on the same rewarded prompts). A loss or reward that
+   is not finite stops the run with ``objectives.errors.DivergedError`` naming the step.
 
 Every ``eval_every`` steps the greedy prompt is scored on dev and offered to the run's ``Selection``
 (``config.select``; the dev objective is the negated dev reward, gap reward − λ_ppl·log_ppl). The untrained
 policy's greedy prompt is scored on dev before the first step, so a result says how much the training itself
 gained (``learn/acc_dev_gain``: final greedy prompt minus untrained greedy prompt, on dev), apart from what
 selecting among evaluations adds. ``RLPrompt.state_dict`` holds everything a resumed run needs to continue to the
-same result as an uninterrupted one: both MLPs, the optimiser, the step, the RNG and the best prompt.
+same result as an uninterrupted one: both MLPs, the optimiser, the step, the RNG and the best prompt. It reaches
+the caller through the tuner protocol's ``Checkpointing`` (``tuners.base``), or a file (``checkpoint_dir``).
 """
 
 from __future__ import annotations
@@ -31,19 +34,20 @@ from typing import Any
 
 import torch
 
+from objectives.errors import check_finite
 from objectives.evaluation import evaluate, log_ppl
-from objectives.metrics import accuracy, task_ce
+from objectives.metrics import accuracy, task_ce, zscore
 from objectives.models import LanguageModel, load_lm
 from objectives.problem import ConfigError, build_problem
-from tuners.base import PromptResult, Reporter, Selection, config_dict
+from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict
 from tuners.rlprompt.config import RLPromptConfig
-from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, start_token_id
+from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, Rollout, start_token_id
 from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_rewards
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "rlprompt_last.pt"
-STATE_VERSION = 2
+STATE_VERSION = 3
 # Fields a resumed run may change: where and how often it saves, how long it runs, where it runs.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_dir", "checkpoint_every", "device"})
 
@@ -68,7 +72,7 @@ class RLPrompt:
             task_lm,
             start_id=start_token_id(task_lm.tokenizer),
             n_actions=n_actions,
-            fluent_top_k=config.fluent_top_k if config.fluent else None,
+            fluent_top_k=config.fluent_top_k or None,
         )
         # One generator for everything random in the run (MLP init, example batches, sampled tokens), so its
         # state in a checkpoint is the whole of the run's randomness.
@@ -84,17 +88,36 @@ class RLPrompt:
         self.last_acc: float | None = None
         self.history: list[tuple[int, dict[str, float]]] = []
         self.elapsed_s = 0.0
+        # The last greedy prompt scored on dev and its scores: a policy whose greedy prompt did not change since
+        # the last evaluation is not scored again. One prompt on the whole split is always the same pass, so
+        # this changes no result and needs no place in a checkpoint.
+        self._dev_memo: tuple[tuple[int, ...], tuple[float, float, float]] | None = None
 
     # --- one step ---------------------------------------------------------------------------------------
 
-    def train_step(self) -> dict[str, float]:
-        """One soft Q-learning step; returns its training metrics."""
+    def train_step(self, *, measure_ppl: bool = True) -> dict[str, float]:
+        """One soft Q-learning step; returns its training metrics.
+
+        ``measure_ppl=False`` skips ``interp/log_ppl`` of the sampled prompts where the reward does not need it
+        (``lambda_ppl = 0``); ``train/log_ppl`` is then left out of the metrics. ``train`` measures it on the
+        steps it reports only, the only ones whose metrics anyone sees.
+
+        Raises ``DivergedError`` (before any update) when the step's loss or mean reward is not finite.
+        """
         config = self.config
+        step = self.step + 1
+        measure_ppl = measure_ppl or bool(config.lambda_ppl)
         polyak_update(self.target, self.mlp, config.polyak)
         rollout = self.policy.decode(
-            self.mlp, config.prompts_per_step, config.prompt_len, top_k=config.top_k, generator=self.generator
+            self.mlp,
+            config.prompts_per_step,
+            config.prompt_len,
+            top_k=config.top_k,
+            generator=self.generator,
+            with_log_ppl=measure_ppl,
+            greedy_rows=int(config.include_greedy),
         )
-        raw, gap, acc, nll = self._rewards(rollout.ids, self._train_rows())
+        raw, gap, acc, nll = self._rewards(rollout.ids, self._train_rows(), rollout.log_ppl, measure_ppl=measure_ppl)
         rewards = shaped_rewards(
             raw,
             old_min=config.shaping_old_min,
@@ -102,27 +125,37 @@ class RLPrompt:
             new_min=config.shaping_new_min,
             new_max=config.shaping_new_max,
         )
-        q = self.policy.q_values(self.mlp, rollout)
         with torch.no_grad():
             q_target = self.policy.q_values(self.target, rollout)
-        loss = sql_loss(q, q_target, rollout.ids, rewards)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.mlp.parameters(), config.grad_clip)
-        self.optimizer.step()
-        self.step += 1
-        return {
+        losses = []
+        for _ in range(config.updates_per_step):
+            loss = sql_loss(self.policy.q_values(self.mlp, rollout), q_target, rollout.choice, rewards)
+            losses.append(float(loss.detach()))
+            # Checked before the update: a diverged step changes nothing, and its error names it.
+            check_finite(step, loss=losses[-1], reward=float(raw.mean()))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.mlp.parameters(), config.grad_clip)
+            self.optimizer.step()
+        self.step = step
+        metrics = {
             "train/reward": float(raw.mean()),
             "train/reward_max": float(raw.max()),
             "train/gap_reward": float(gap.mean()),
             "train/acc": float(acc.mean()),
-            "train/log_ppl": float(nll.mean()),
-            "train/loss": float(loss.detach()),
+            "train/loss": losses[0],
             # Share of distinct prompts among the step's samples: near 1/P the policy has collapsed onto one
             # prompt, z-scored rewards are all 0 and learning stops.
             "train/distinct": len(torch.unique(rollout.ids, dim=0)) / len(rollout.ids),
         }
+        if nll is not None:
+            metrics["train/log_ppl"] = float(nll.mean())
+        if config.include_greedy:
+            # The greedy prompt's reward against the samples' (z-score units): > 0 when the policy's own choice
+            # beats what it samples.
+            metrics["train/greedy_z"] = float(zscore(raw)[0])
+        return metrics
 
     def _train_rows(self) -> torch.Tensor:
         """The step's training examples: all of them, or a random ``batch_size`` subset."""
@@ -135,19 +168,23 @@ class RLPrompt:
 
     @torch.no_grad()
     def _rewards(
-        self, ids: torch.Tensor, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        self, ids: torch.Tensor, rows: torch.Tensor, nll: torch.Tensor | None = None, *, measure_ppl: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Raw rewards of prompts ``(P, L)`` on examples ``(B,)``, and their parts: each ``(P,)``.
 
-        Returns ``(reward, gap_reward, accuracy, log_ppl)``; ``reward`` is what gets z-scored.
+        Returns ``(reward, gap_reward, accuracy, log_ppl)``; ``reward`` is what gets z-scored. ``nll`` is the
+        prompts' ``interp/log_ppl`` when the decode computed it already (``(P,)``), else it is computed here,
+        unless ``measure_ppl`` is off and ``lambda_ppl = 0`` (then ``log_ppl`` is ``None``).
         """
         problem, config = self.problem, self.config
-        prompts = problem.lm.embeddings[ids].float()
-        # Every prompt × every example in one call: the scorer runs only the L prompt positions of each
+        # A prompt sampled several times is scored once: a peaked policy repeats itself often.
+        unique, inverse = torch.unique(ids, dim=0, return_inverse=True)
+        # Every distinct prompt × every example in one call: the scorer runs only the L prompt positions of each
         # pair against the cached keys/values of the examples.
-        logits = problem.scorers["train"].logits(prompts, rows)
+        logits = problem.scorers["train"].logits(problem.lm.embeddings[unique].float(), rows)[inverse]
         labels = problem.labels["train"][rows]
-        nll = log_ppl(problem, ids)
+        if nll is None and (measure_ppl or config.lambda_ppl):
+            nll = log_ppl(problem, unique)[inverse]
         coefs = {"correct_coef": config.reward_correct, "incorrect_coef": config.reward_incorrect}
         gap = task_rewards(logits, labels, **coefs)
         reward = task_rewards(logits, labels, nll, lambda_ppl=config.lambda_ppl, **coefs)
@@ -164,13 +201,21 @@ class RLPrompt:
     def _score_greedy(self) -> tuple[torch.Tensor, float, float, float]:
         """The greedy prompt ``(L,)`` and its dev accuracy, cross-entropy and objective (negated reward)."""
         problem, config = self.problem, self.config
-        ids = self.greedy_prompt()
+        rollout: Rollout = self.policy.decode(self.mlp, 1, config.prompt_len, with_log_ppl=bool(config.lambda_ppl))
+        ids = rollout.ids[0]
+        key = tuple(ids.tolist())
+        if self._dev_memo is not None and self._dev_memo[0] == key:
+            return (ids, *self._dev_memo[1])
         logits = problem.scorers["dev"].logits(problem.lm.embeddings[ids].float())
         labels = problem.labels["dev"]
         coefs = {"correct_coef": config.reward_correct, "incorrect_coef": config.reward_incorrect}
-        nll = log_ppl(problem, ids[None]) if config.lambda_ppl else None
+        nll = None
+        if config.lambda_ppl:
+            nll = rollout.log_ppl if rollout.log_ppl is not None else log_ppl(problem, ids[None])
         reward = task_rewards(logits[None], labels, nll, lambda_ppl=config.lambda_ppl, **coefs)[0]
-        return ids, float(accuracy(logits, labels)), float(task_ce(logits, labels)), -float(reward)
+        scores = (float(accuracy(logits, labels)), float(task_ce(logits, labels)), -float(reward))
+        self._dev_memo = (key, scores)
+        return (ids, *scores)
 
     @torch.no_grad()
     def evaluate_dev(self) -> dict[str, float]:
@@ -182,10 +227,27 @@ class RLPrompt:
 
     # --- the run ----------------------------------------------------------------------------------------
 
-    def train(self, *, report: Reporter | None = None, resume_from: str | Path | None = None) -> PromptResult:
-        """Train to ``config.steps`` and return the result; ``resume_from`` is a checkpoint file or folder."""
+    def train(
+        self,
+        *,
+        report: Reporter | None = None,
+        checkpoint: Checkpointing | None = None,
+        resume_from: str | Path | None = None,
+    ) -> PromptResult:
+        """Train to ``config.steps`` and return the result.
+
+        ``checkpoint`` (the tuner protocol's): its ``save`` gets ``state_dict()`` every ``checkpoint.every``
+        steps, after that step's report, and a run given ``checkpoint.state`` continues from it. ``resume_from``
+        is a checkpoint file or folder written through ``config.checkpoint_dir`` (saved before the report, so a
+        report that stops the run loses nothing). A resumed run ends as the uninterrupted one would.
+        """
         config = self.config
-        if resume_from is not None:
+        if checkpoint is not None and checkpoint.state is not None:
+            if resume_from is not None:
+                raise ConfigError("give either a checkpoint state or resume_from, not both")
+            self.load_state_dict(checkpoint.state)
+            logger.info("resumed rlprompt from a checkpoint state at step %d", self.step)
+        elif resume_from is not None:
             self.load(resume_from)
             logger.info("resumed rlprompt from %s at step %d", resume_from, self.step)
         logger.info("rlprompt config: %s", config_dict(config))
@@ -194,19 +256,20 @@ class RLPrompt:
         if self.untrained_acc is None:
             self.untrained_acc = self._score_greedy()[1]
         for step in range(self.step + 1, config.steps + 1):
-            metrics = self.train_step()
             due = step % config.eval_every == 0 or step == config.steps
+            metrics = self.train_step(measure_ppl=due)
             if due:
                 metrics = {**metrics, **self.evaluate_dev()}
                 self.history.append((step, metrics))
                 logger.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             self.elapsed_s = elapsed_before + time.perf_counter() - started
-            # Saved before reporting: a report that stops the run (a scheduler, Ctrl-C) loses nothing.
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 assert config.checkpoint_dir is not None  # checked by RLPromptConfig
                 self.save(Path(config.checkpoint_dir) / CHECKPOINT_NAME)
             if due and report is not None:
                 report(step, metrics)
+            if checkpoint is not None and checkpoint.due(step):
+                checkpoint.save(self.state_dict())
         if self.best.payload is None:  # resumed at or past the end without an evaluation: score the policy now
             self.evaluate_dev()
         return self.result(wall_s=elapsed_before + time.perf_counter() - started)
@@ -233,21 +296,27 @@ class RLPrompt:
     # --- checkpoints ------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: MLPs, optimiser, step, RNG, best prompt, history."""
-        return {
-            "version": STATE_VERSION,
-            "config": config_dict(self.config),
-            "step": self.step,
-            "mlp": self.mlp.state_dict(),
-            "target_mlp": self.target.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "best": self.best.state(),
-            "untrained_acc": self.untrained_acc,
-            "last_acc": self.last_acc,
-            "history": [[step, dict(metrics)] for step, metrics in self.history],
-            "elapsed_s": self.elapsed_s,
-        }
+        """Everything needed to continue this run exactly: MLPs, optimiser, step, RNG, best prompt, history.
+
+        A copy: a caller may keep it while the run goes on (the live parameters and Adam moments change in
+        place). Tensors, numbers, strings and lists only, so ``torch.load(weights_only=True)`` reads it back.
+        """
+        return copy.deepcopy(
+            {
+                "version": STATE_VERSION,
+                "config": config_dict(self.config),
+                "step": self.step,
+                "mlp": self.mlp.state_dict(),
+                "target_mlp": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "best": self.best.state(),
+                "untrained_acc": self.untrained_acc,
+                "last_acc": self.last_acc,
+                "history": [[step, dict(metrics)] for step, metrics in self.history],
+                "elapsed_s": self.elapsed_s,
+            }
+        )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a ``state_dict`` written by a run of the same configuration (``steps`` may differ)."""
