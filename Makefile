@@ -1,5 +1,5 @@
 # One venv per checkout; torch is pinned through constraints.txt so pip never pulls a multi-GB CUDA wheel
-# on a CPU machine (see STACK-NOTES in the design docs).
+# on a CPU machine.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

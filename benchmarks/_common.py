@@ -14,7 +14,7 @@ SST2 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fewshot
 
 def bench_lm(spec: str) -> LanguageModel:
     """``gpt2-shaped``: GPT-2 small's architecture (124M) with random weights and the real tokenizer, the
-    model the originals were timed with in STACK-NOTES; anything else is a model spec."""
+    model the originals were timed with (README, "Benchmarks"); anything else is a model spec."""
     if spec != "gpt2-shaped":
         return load_lm(spec, device="cpu")
     from transformers import GPT2Config, GPT2LMHeadModel

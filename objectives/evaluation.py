@@ -1,4 +1,4 @@
-"""Final metrics of a prompt, with the names and definitions of DESIGN.md, shared by every tuner."""
+"""Final metrics of a prompt (names, directions and definitions in objectives/metrics.py), shared by every tuner."""
 
 from __future__ import annotations
 

@@ -21,12 +21,18 @@ from typing import Any
 
 import yaml
 
-from objectives.metrics import METRICS
-from objectives.problem import ConfigError, ProblemConfig
-from tuners import available, get_tuner
-from tuners.base import coerce, make_config, unknown_message
-from tuners.baselines import BASELINES, default_manual_prompts
-from tuners.presets import preset_values
+from objectives.errors import ConfigError
+from objectives.errors import did_you_mean as unknown_message
+
+if typing.TYPE_CHECKING:
+    from objectives.problem import ProblemConfig
+
+# The project's heavy modules (torch, transformers, through ``tuners``) are imported where they are used, so
+# that ``sweep/run.py --help`` can list these fields in well under a second.
+
+# The names of tuners.baselines.BASELINES (a test keeps the two equal): kept here as text so the defaults
+# below need no import of the tuners.
+BASELINES = ("no_prompt", "manual", "lm_sample")
 
 SAMPLERS = ("tpe", "nsga2", "random")
 # Problem fields that must agree across a sweep's tuners and baselines (the others only change speed or the
@@ -85,6 +91,11 @@ class SweepConfig:
     ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the embedded local Ray (default all)"})
 
     def __post_init__(self) -> None:
+        from objectives.metrics import METRICS
+        from objectives.problem import ProblemConfig
+        from tuners import available, get_tuner
+        from tuners.base import make_config
+
         if not self.name or any(c in self.name for c in "/\\"):
             raise ConfigError(f"name={self.name!r} must be a non-empty name without slashes")
         if not self.tuners:
@@ -163,6 +174,8 @@ class SweepConfig:
 
     def trial_values(self, tuner: str) -> dict[str, Any]:
         """The plain config values of one tuner's trials, before a fixed trial's or the search's values."""
+        from tuners.presets import preset_values
+
         return {**preset_values(self.preset, tuner), **self.problem, **self.tuner_config.get(tuner, {})}
 
     def runs(self) -> tuple[str, ...]:
@@ -188,6 +201,9 @@ class SweepConfig:
         if self.manual_prompts is not None:
             return self.manual_prompts
         values = self.trial_values(self.tuners[0])
+        from objectives.problem import ProblemConfig
+        from tuners.baselines import default_manual_prompts
+
         defaults = ProblemConfig()
         verbalizer = values.get("verbalizer", defaults.verbalizer)
         return default_manual_prompts(tuple(verbalizer), values.get("template", defaults.template))
@@ -212,6 +228,7 @@ def json_ready(value: Any) -> Any:
 def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mapping[str, Any]) -> SweepConfig:
     """Preset, then YAML file, then dotted overrides → a validated ``SweepConfig``."""
     from sweep.presets import PRESETS
+    from tuners.base import coerce
 
     if preset not in PRESETS:
         raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))

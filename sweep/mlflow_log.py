@@ -55,6 +55,7 @@ def start_parent(
     objectives: Sequence[str],
     artifact_root: Path,
     labels: Mapping[str, str] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> tuple[str, str]:
     """Create (or reuse) the experiment and start the sweep's parent run; returns their ids."""
     client = _client(tracking_uri)
@@ -69,7 +70,12 @@ def start_parent(
     run = client.create_run(
         experiment_id,
         run_name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
-        tags={ROLE: "parent", OBJECTIVES: json.dumps(list(objectives)), LABELS: json.dumps(dict(labels or {}))},
+        tags={
+            ROLE: "parent",
+            OBJECTIVES: json.dumps(list(objectives)),
+            LABELS: json.dumps(dict(labels or {})),
+            **(tags or {}),
+        },
     )
     log_params(client, run.info.run_id, params)
     return experiment_id, run.info.run_id

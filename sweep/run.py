@@ -9,44 +9,59 @@ embedded local Ray. Reads top to bottom: config, Ray, MLflow parent run, one Tun
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
-# Run as a script (``python sweep/run.py``), Python puts ``sweep/`` itself first on the path, where its
-# modules (config, search, ...) would shadow top-level names; the project root belongs there instead.
+if __name__ == "__main__" and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    # Run as a script (``python sweep/run.py``, as ``ray job submit`` does), Python puts ``sweep/`` itself
+    # first on the path, where its modules (config, search, ...) would shadow top-level names.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from objectives.errors import ConfigError, ResourceError, UserError
+from sweep.config import SweepConfig, load_sweep_config
+
 _ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(_ROOT)
-elif str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-if not os.environ.get("RAY_ADDRESS"):
-    # The embedded Ray is one node: keep it on loopback (Ray otherwise swaps 127.0.0.1 for the machine's
-    # interface address). Ray reads this when it is imported, so it is set before anything imports Ray.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import logging  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from objectives.errors import ConfigError, ResourceError, UserError  # noqa: E402
-from sweep import mlflow_log  # noqa: E402
-from sweep.config import SweepConfig, load_sweep_config  # noqa: E402
-from tuners.base import parse_overrides  # noqa: E402
-
 logger = logging.getLogger("sweep.run")
+# Libraries whose INFO lines are noise at the console (one line per glyph table per PDF, per Ray start, ...).
+_QUIET = ("fontTools", "matplotlib", "ray", "mlflow", "alembic", "optuna", "urllib3", "filelock", "transformers")
+
+
+def fields_help() -> str:
+    """Every ``SweepConfig`` field with its default and help text, for ``--help``."""
+    lines = ["sweep fields (--set KEY=VALUE, or keys of --config FILE.yaml; the preset sets many of them):"]
+    for f in dataclasses.fields(SweepConfig):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(from the preset)"
+        lines.append(f"  {f.name:<16} {f.metadata.get('help', '')}  [default: {default}]")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sweep/run.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="sweep/run.py",
+        description=__doc__.split("\n")[0],
+        epilog=fields_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--preset", default="smoke", help="smoke, demo or paper (default smoke)")
     parser.add_argument("--config", help="YAML file of sweep fields, applied on top of the preset")
     parser.add_argument(
@@ -55,13 +70,20 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a sweep field; dotted keys reach per-tuner tables (tuner_config.pez.steps=30)",
+        help="override a sweep field; dotted keys reach the tables (problem.task=PATH, tuner_config.pez.steps=30)",
     )
     parser.add_argument("--out", help="output folder (default runs/<name>); rerunning on it resumes the sweep")
     parser.add_argument("--fresh", action="store_true", help="start over in --out instead of resuming the sweep there")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="Tune's per-trial tables, worker logs and every INFO line"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("fontTools").setLevel(logging.WARNING)  # one INFO line per glyph table per PDF export
+    if not args.verbose:
+        for name in _QUIET:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+    from tuners.base import parse_overrides
 
     try:
         config = load_sweep_config(args.preset, config_file=args.config, overrides=parse_overrides(args.overrides))
@@ -72,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out or f"runs/{config.name}",
             )
         out = Path(args.out or Path("runs") / config.name).resolve()
-        summary = run_sweep(config, out, fresh=args.fresh)
+        summary = run_sweep(config, out, fresh=args.fresh, verbose=args.verbose)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -84,11 +106,12 @@ __all__ = ["EXIT_CODES", "ResourceError", "main", "run_sweep"]
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 130}
 
 
-def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False) -> dict[str, Any]:
+def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False, verbose: bool = True) -> dict[str, Any]:
     """Plan, run every trial in one Tune run, then export. Returns what ``sweep.json`` holds.
 
     A sweep whose ``out`` already holds the same sweep continues it (finished trials are kept, unfinished
-    ones resume from their checkpoints); ``fresh`` starts over in the same folder instead.
+    ones resume from their checkpoints); ``fresh`` starts over in the same folder instead. Without
+    ``verbose`` the console gets one progress line per trial event instead of Tune's tables and worker logs.
     """
     import ray
 
@@ -100,7 +123,7 @@ def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False) -> dict[st
     lock = _lock(out)
     try:
         plan = _plan(config, out, fresh=fresh)
-        started_ray = _init_ray(config)
+        started_ray = _init_ray(config, verbose=verbose)
         try:
             check_resources(config)
             timings: dict[str, float] = {}
@@ -108,7 +131,7 @@ def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False) -> dict[st
             with _sigterm_interrupts() as signals:
                 try:
                     t0 = time.time()
-                    outcome = _tune(config, out, plan)
+                    outcome = _tune(config, out, plan, verbose=verbose)
                     timings["tune_s"] = time.time() - t0
                 except Exception as err:
                     outcome.errors.append(f"{type(err).__name__}: {err}")
@@ -133,6 +156,7 @@ class Plan:
     experiment_id: str
     parent: str
     resumed: bool
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
@@ -140,10 +164,13 @@ def _plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
 
     ``sweep.json`` is written at once (status RUNNING), so a driver that is lost later leaves what a rerun needs.
     """
+    from sweep import mlflow_log
+
     tracking_uri = config.tracking_uri or mlflow_log.default_tracking_uri(out)
     record = out / "sweep.json"
     previous = json.loads(record.read_text()) if record.is_file() else None
     ours = json.loads(json.dumps(config.to_dict()))
+    tags = source_tags()
     if previous is not None and not fresh:
         differ = sorted(k for k in set(ours) | set(previous["config"]) if ours.get(k) != previous["config"].get(k))
         if differ:
@@ -157,7 +184,7 @@ def _plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
         )
         mlflow_log.reopen_parent(tracking_uri, parent)
         logger.info("resuming sweep %s in %s (%d interrupted trial runs closed)", parent, out, killed)
-        plan = Plan(tracking_uri, experiment_id, parent, resumed=True)
+        plan = Plan(tracking_uri, experiment_id, parent, resumed=True, tags=tags)
     else:
         if previous is not None:
             mlflow_log.close_parent(previous["tracking_uri"], previous["parent_run_id"], reason="superseded by --fresh")
@@ -169,11 +196,35 @@ def _plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
             objectives=config.objectives,
             artifact_root=out / "mlartifacts",
             labels=config.axis_labels,
+            tags=tags,
         )
-        plan = Plan(tracking_uri, experiment_id, parent, resumed=False)
+        plan = Plan(tracking_uri, experiment_id, parent, resumed=False, tags=tags)
     logger.info("MLflow: %s experiment %r parent run %s", tracking_uri, config.name, parent)
     record.write_text(json.dumps(_record(config, out, plan, status="RUNNING"), indent=2, default=str) + "\n")
     return plan
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags for this sweep's runs: user, entry point, and the git commit of the checkout."""
+    import getpass
+
+    tags = {"mlflow.user": getpass.getuser(), "mlflow.source.name": "sweep/run.py", "mlflow.source.type": "JOB"}
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return tags  # not a git checkout (a `ray job submit` working dir, an installed package)
+    tags["mlflow.source.git.commit"] = commit
+    tags["promptsweep.git_dirty"] = "true" if dirty else "false"
+    return tags
 
 
 def _record(config: SweepConfig, out: Path, plan: Plan, *, status: str) -> dict[str, Any]:
@@ -186,6 +237,7 @@ def _record(config: SweepConfig, out: Path, plan: Plan, *, status: str) -> dict[
         "ray_storage_path": str(out / "ray"),
         "optuna_storage": f"sqlite:///{out / 'optuna.db'}",
         "status": status,
+        "git_commit": plan.tags.get("mlflow.source.git.commit"),
         "versions": _versions(),
     }
 
@@ -242,7 +294,7 @@ class Outcome:
     signal: str | None = None
 
 
-def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
+def _tune(config: SweepConfig, out: Path, plan: Plan, *, verbose: bool = True) -> Outcome:
     """One Tune run for every tuner and baseline: fixed trials first, then each tuner's Optuna search.
 
     A resumed sweep restores Tune's experiment (its trials and the searcher's state) from ``out/ray``.
@@ -252,6 +304,7 @@ def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     from ray import tune
 
+    from sweep.progress import SweepProgress
     from sweep.search import MultiTunerSearch, integer_knobs_of, make_searcher, sampled_budget
     from sweep.trainable import TrialContext, run_trial
     from tuners import get_tuner
@@ -271,6 +324,7 @@ def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
             objectives=config.objectives,
             replicates=config.replicates,
             checkpoint_every=config.checkpoint_every,
+            tags=plan.tags,
         )
         for tuner in config.runs()
     }
@@ -295,6 +349,7 @@ def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
     if plan.resumed and tune.Tuner.can_restore(str(path)):
         logger.info("restoring Tune's experiment from %s", path)
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        # A restored run keeps its RunConfig: the progress line is only for fresh runs, Tune's own output here.
     else:
         tuner = tune.Tuner(
             trainable,
@@ -309,7 +364,8 @@ def _tune(config: SweepConfig, out: Path, plan: Plan) -> Outcome:
             run_config=tune.RunConfig(
                 name=config.name,
                 storage_path=str(out / "ray"),
-                verbose=1,
+                verbose=1 if verbose else 0,
+                callbacks=[] if verbose else [SweepProgress(search.total_trials)],
                 # A trial whose worker died is retried from its checkpoint; one that failed by itself reports
                 # its failure instead of raising (sweep/trainable.py), so it is not retried blindly.
                 failure_config=tune.FailureConfig(max_failures=config.max_retries, fail_fast=False),
@@ -336,6 +392,7 @@ def _finish(
     """
     import ray
 
+    from sweep import mlflow_log
     from sweep.exports import front_table_text, write_exports
 
     interrupted = mlflow_log.close_running_children(
@@ -393,14 +450,19 @@ def _finish(
     return summary
 
 
-def _init_ray(config: SweepConfig) -> bool:
+def _init_ray(config: SweepConfig, *, verbose: bool = True) -> bool:
     """Join the cluster of ``RAY_ADDRESS`` or start an embedded one; True when this call started Ray."""
+    if not os.environ.get("RAY_ADDRESS"):
+        # The embedded Ray is one node: keep it on loopback (Ray otherwise swaps 127.0.0.1 for the machine's
+        # interface address). Ray reads this when it is imported.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init()
+        ray.init(**quiet)
         return False
 
     # Embedded: workers get the project root on their path, so a plain checkout works without installing.
@@ -410,6 +472,7 @@ def _init_ray(config: SweepConfig) -> bool:
         include_dashboard=False,
         runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
         _node_ip_address="127.0.0.1",
+        **quiet,
     )
     return True
 

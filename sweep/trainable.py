@@ -24,7 +24,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class TrialContext:
     objectives: tuple[str, ...] = ()
     replicates: int = 1
     checkpoint_every: int = 50
+    tags: Mapping[str, str] = field(default_factory=dict)  # the sweep's source tags (user, git commit)
 
 
 def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
@@ -76,6 +77,7 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
             return
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     tags = {
+        **context.tags,
         "ray.node_id": ray.get_runtime_context().get_node_id(),
         "ray.node_ip": ray.util.get_node_ip_address(),
         "host": socket.gethostname(),

@@ -52,7 +52,7 @@ class PromptResult:
             raise ValueError(f"PromptResult metrics must be finite floats; got {bad}")
 
     def to_json(self) -> dict[str, Any]:
-        """The DESIGN.md JSON contract (the soft tensor and history are left out to keep it readable)."""
+        """The JSON contract of ``python -m tuners run --json`` (README; soft tensor and history left out)."""
         return {
             "tuner": self.tuner,
             "prompt_text": self.prompt_text,

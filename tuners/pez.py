@@ -1,5 +1,5 @@
 """PEZ (Wen et al. 2023, "Hard Prompts Made Easy"): projected-gradient discrete prompts, with the
-interpretability terms of DESIGN.md.
+interpretability terms of ``objectives/metrics.py``.
 
 Each step projects the continuous prompt ``P̄`` onto its nearest vocabulary embeddings (cosine), computes
 the loss at the projection ``P``, and applies that gradient to ``P̄``:

@@ -1,4 +1,4 @@
-"""Single-run presets: sizes for each tuner at the three scales of DESIGN.md.
+"""Single-run presets: sizes for each tuner at the three scales (smoke, demo, paper; README "Sweeps").
 
 ``common`` applies to every tuner of a preset, then the tuner's own entry. The sweep presets
 (``sweep/presets.py``) start from these.

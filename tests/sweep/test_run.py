@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,19 @@ def test_mlflow_holds_one_parent_and_one_child_per_trial(smoke_sweep):
         assert len(client.get_metric_history(child["run_id"], f"rep{replicate}/dev/acc")) >= 2
 
 
+def test_runs_carry_source_user_and_commit_tags(smoke_sweep):
+    import subprocess
+
+    import mlflow
+
+    out, summary, _, _ = smoke_sweep
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    runs = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
+    assert runs and all(run.data.tags.get("mlflow.source.git.commit") == commit for run in runs)
+    assert all(run.data.tags.get("mlflow.user") and run.data.tags.get("mlflow.source.name") for run in runs)
+    assert json.loads((out / "sweep.json").read_text())["git_commit"] == commit
+
+
 def test_every_trial_carries_its_replicates_and_the_baseline_comparisons(smoke_sweep):
     out, _, _, _ = smoke_sweep
     table = pq.read_table(out / "trials.parquet").to_pandas()
@@ -197,3 +211,27 @@ def test_unknown_preset_and_yaml_config(tmp_path):
     config = load_sweep_config("smoke", config_file=str(path), overrides={"tuner_config.pez.lr": 0.5})
     assert config.num_samples == 5 and config.trial_values("pez")["steps"] == 7
     assert config.trial_values("pez")["lr"] == 0.5
+
+
+def test_help_lists_every_sweep_field_without_importing_torch():
+    import dataclasses
+    import subprocess
+    import sys
+
+    from sweep.config import SweepConfig
+
+    code = "import sys, runpy; sys.argv = ['sweep/run.py', '--help']\n"
+    code += "try:\n    runpy.run_path('sweep/run.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+    code += "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')"
+    root = Path(__file__).resolve().parents[2]
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
+    for f in dataclasses.fields(SweepConfig):
+        assert f"  {f.name} " in shown, f.name
+    assert "TORCH_NOT_LOADED" in shown  # the reason --help answers in well under a second
+
+
+def test_the_light_baseline_names_match_the_tuners():
+    from sweep.config import BASELINES as LIGHT
+    from tuners.baselines import BASELINES as REGISTERED
+
+    assert tuple(LIGHT) == tuple(REGISTERED) == BASELINES
