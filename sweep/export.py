@@ -2,16 +2,21 @@
 
     python -m sweep.export --tracking-uri sqlite:///abs/path/mlflow.db --experiment demo --out DIR
 
-Writes the same ``trials.parquet``, ``pareto.pdf/svg/png`` and ``front.tex`` as ``sweep/run.py``, from the
-newest sweep (parent run) of the experiment, or the one named by ``--parent-run-id``.
+Writes the same ``trials.parquet``, ``pareto.pdf/svg/png``, ``front.tex`` and ``report.html`` as
+``sweep/run.py``, from the newest sweep (parent run) of the experiment, or the one named by
+``--parent-run-id``. The report's learning curves come from MLflow; its header from the sweep's
+``sweep.json`` when one is found (in ``--out``, or beside a ``sqlite:///`` store) and belongs to that sweep,
+else from the parent run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from objectives.errors import did_you_mean
 from sweep import mlflow_log
@@ -51,10 +56,33 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    exported = write_exports(table, out, objectives, labels=labels)
+    from sweep.report import collect_curves
+
+    curves = collect_curves(args.tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
+    header = _sweep_record(args.tracking_uri, parent, out)
+    exported = write_exports(table, out, objectives, labels=labels, curves=curves, header=header)
     print(front_table_text(exported.table, exported.fronts))
     print(f"\nwrote {out}: {len(exported.table)} trials of sweep {parent}")
     return 0
+
+
+def _sweep_record(tracking_uri: str, parent: str, out: Path) -> dict[str, Any]:
+    """The sweep's ``sweep.json`` if one is found for this parent run, else what its MLflow parent run holds.
+
+    Looked for in ``out`` (rebuilding into the sweep's own folder) and beside a ``sqlite:///`` store (the
+    sweep's default layout); one of another sweep, or unreadable, is passed over.
+    """
+    candidates = [out / "sweep.json"]
+    if tracking_uri.startswith("sqlite:///"):
+        candidates.append(Path(tracking_uri.removeprefix("sqlite:///")).parent / "sweep.json")
+    for path in dict.fromkeys(candidates):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(record, dict) and record.get("parent_run_id") == parent:
+            return record
+    return mlflow_log.parent_record(tracking_uri, parent)
 
 
 if __name__ == "__main__":

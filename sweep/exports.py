@@ -1,4 +1,5 @@
-"""Exports of a sweep's trials: ``trials.parquet``, the Pareto figure and a LaTeX table of the fronts.
+"""Exports of a sweep's trials: ``trials.parquet``, the Pareto figure, a LaTeX table of the fronts and the
+interactive ``report.html`` (``sweep.report``).
 
 :func:`write_exports` is what a sweep (and ``sweep.export``, rebuilding from MLflow) calls at the end;
 :func:`front_latex` and :func:`front_table_text` render the fronts for a paper and for a terminal. The fronts
@@ -26,6 +27,8 @@ from objectives.stats import CI95, REPLICATE, STD
 from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share
 from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, objective_matrix
 from sweep.plots import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
+from sweep.report import REPORT_FILE, Curves, write_report
+from sweep.report import table_value as _value
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
@@ -151,15 +154,6 @@ def _shown_metrics(table: pd.DataFrame, fronts: Fronts, extra: Sequence[str] = (
         columns.append(TEST_METRIC)
     columns += [c for c in extra if c in table.columns and c not in columns]
     return columns
-
-
-def _value(table: pd.DataFrame, column: str, row: int) -> float:
-    if column not in table.columns:
-        return math.nan
-    try:
-        return float(table[column].iloc[row])
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _dedupe(table: pd.DataFrame, rows: Sequence[int], columns: Sequence[str]) -> list[tuple[int, int]]:
@@ -485,16 +479,21 @@ def write_exports(
     objectives: Sequence[str],
     *,
     labels: Mapping[str, str] | None = None,
+    curves: Curves | None = None,
+    header: Mapping[str, Any] | None = None,
 ) -> Exported:
     """Compute the fronts of ``table``; write ``out/trials.parquet``, the figure in its two views
     (``out/pareto.{pdf,svg,png}``: held-out test metrics on the axes; ``out/pareto_dev.{pdf,svg,png}``: the
-    dev objectives the search optimised) and ``out/front.tex``.
+    dev objectives the search optimised), ``out/front.tex`` and ``out/report.html``.
 
     ``out`` is created. ``trials.parquet`` holds every column of the returned table: ``table`` (not
     modified) plus bool ``is_pareto``, ``is_pareto_all`` and ``proxy_gamed``, the paired comparisons with
     every baseline (``vs/<baseline>/{diff,low,high}``, ``beats/<baseline>``, see ``sweep.compare``), with
     ``prompt_ids`` as ``list<int64>``. ``labels`` (metric -> text) override the figure's axis labels. Needs
-    at least two objectives (the figure plots the first two).
+    at least two objectives (the figure plots the first two). ``curves`` (MLflow run id -> per-step metrics,
+    :func:`sweep.report.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
+    header also gets this call's ``summary_metrics``. A report that cannot be written is logged as an error
+    and left out of ``files``: it is a view of the exports, and must not cost a finished sweep its record.
     """
     objectives = tuple(objectives)
     if len(objectives) < 2:
@@ -522,4 +521,18 @@ def write_exports(
         fronts.reference,
     )
     files = ["trials.parquet", *(p.name for p in plots), "front.tex"]
+    try:
+        # Fresh sweep-level metrics over any in ``header``: a sweep.json read back may predate this export.
+        known = dict((header or {}).get("summary_metrics") or {})
+        write_report(
+            annotated,
+            fronts,
+            out,
+            curves=curves,
+            header={**(header or {}), "summary_metrics": {**known, **summary}},
+            labels=labels,
+        )
+        files.append(REPORT_FILE)
+    except Exception:
+        logger.exception("%s not written; the other exports in %s are complete", REPORT_FILE, out)
     return Exported(table=annotated, fronts=fronts, files=files, summary_metrics=summary)

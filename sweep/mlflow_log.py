@@ -37,6 +37,11 @@ TUNE_RESULT = "tune_result.json"
 _HISTORY = re.compile(r"^(rep\d+/)?(dev|train)/")
 
 
+def is_history_metric(key: str) -> bool:
+    """Whether ``key`` is a per-step metric (a learning curve), not one of a trial's final metrics."""
+    return _HISTORY.match(key) is not None
+
+
 def _client(tracking_uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
@@ -324,6 +329,28 @@ def parent_labels(tracking_uri: str, parent_run_id: str) -> dict[str, str]:
     return json.loads(_parent(tracking_uri, parent_run_id).data.tags.get(LABELS, "{}"))
 
 
+def parent_record(tracking_uri: str, parent_run_id: str) -> dict[str, Any]:
+    """What MLflow alone knows of a sweep, in ``sweep.json``'s keys: for a report rebuilt without that file.
+
+    ``config`` holds the parent run's parameters as logged (flattened, dotted keys, values as text); the
+    ``total_s`` timing is the parent run's wall time, and is absent while it is still running.
+    """
+    run = _parent(tracking_uri, parent_run_id)
+    info, tags = run.info, run.data.tags
+    record: dict[str, Any] = {
+        "config": dict(sorted(run.data.params.items())),
+        "tracking_uri": tracking_uri,
+        "experiment": _client(tracking_uri).get_experiment(info.experiment_id).name,
+        "experiment_id": info.experiment_id,
+        "parent_run_id": parent_run_id,
+        "status": info.status,
+        "git_commit": tags.get("mlflow.source.git.commit"),
+    }
+    if info.start_time and info.end_time:
+        record["timings"] = {"total_s": (info.end_time - info.start_time) / 1000}
+    return record
+
+
 def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
     """One row per finished trial of a sweep, with the columns of the ``trials.parquet`` contract.
 
@@ -349,7 +376,7 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
         }
         for weight in json.loads(tags.get(SEARCHED, "[]")):
             row[PARAM_PREFIX + weight] = float(params[weight])
-        row.update({k: float(v) for k, v in run.data.metrics.items() if not _HISTORY.match(k)})
+        row.update({k: float(v) for k, v in run.data.metrics.items() if not is_history_metric(k)})
         row["prompt_text"] = tags.get("prompt_text", "")
         row["prompt_ids"] = json.loads(tags.get("prompt_ids", "[]"))
         row[REPLICATE_PROMPTS] = json.loads(tags.get(REPLICATE_PROMPTS, "[]"))

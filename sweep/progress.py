@@ -27,6 +27,10 @@ class SweepProgress(Callback):
         self.running: set[str] = set()
         self.started = time.time()
         self._before = already_done
+        self._printed = self.started
+
+    # Long trials (minutes each on a CPU) would leave the console silent: a heartbeat line at most this often.
+    HEARTBEAT_S = 60.0
 
     def _line(self, event: str) -> None:
         elapsed = time.time() - self.started
@@ -37,6 +41,11 @@ class SweepProgress(Callback):
             f"{_clock(elapsed)} elapsed{eta}  ({event})",
             flush=True,
         )
+        self._printed = time.time()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.time() - self._printed >= self.HEARTBEAT_S:
+            self._line("running")
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.add(trial.trial_id)

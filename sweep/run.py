@@ -82,6 +82,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         for name in _QUIET:
             logging.getLogger(name).setLevel(logging.WARNING)
+        # These configure their own loggers or printers when imported or run, so a level set here is not
+        # enough: MLflow's store-migration lines, Optuna's "new study" lines, Tune's experiment box and its
+        # TensorBoard hint (the legacy reporter at verbose 0 prints nothing).
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # One snapshot per trial checkpoint is by design here; Tune warns about it every few seconds.
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     from tuners.base import parse_overrides
 
@@ -394,6 +404,7 @@ def _finish(
 
     from sweep import mlflow_log
     from sweep.exports import front_table_text, write_exports
+    from sweep.report import collect_curves
 
     interrupted = mlflow_log.close_running_children(
         plan.tracking_uri,
@@ -412,9 +423,7 @@ def _finish(
         status = "FAILED"
     else:
         status = "KILLED"
-    exported = write_exports(table, out, config.objectives, labels=config.axis_labels)
-    timings["total_s"] = time.time() - started
-    summary = {
+    record = {
         **_record(config, out, plan, status=status),
         "resumed": plan.resumed,
         "interrupted_by": outcome.signal,
@@ -426,9 +435,18 @@ def _finish(
         "trials_retried": counts.get("retried", 0),
         "trials_interrupted_now": interrupted,
         "first_error": first_error,
-        "summary_metrics": exported.summary_metrics,
-        "timings": timings,
     }
+    exported = write_exports(
+        table,
+        out,
+        config.objectives,
+        labels=config.axis_labels,
+        curves=collect_curves(plan.tracking_uri, table["mlflow_run_id"].tolist() if len(table) else []),
+        # total_s is known only after the exports; the report shows the time up to them.
+        header={**record, "timings": {**timings, "before_exports_s": time.time() - started}},
+    )
+    timings["total_s"] = time.time() - started
+    summary = {**record, "summary_metrics": exported.summary_metrics, "timings": timings}
     (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     mlflow_log.finish_parent(
         plan.tracking_uri,
@@ -438,16 +456,32 @@ def _finish(
         status=status,
     )
     print(front_table_text(exported.table, exported.fronts))
-    print(f"\nwrote {out} ({', '.join(exported.files)}, sweep.json); MLflow: {plan.tracking_uri}")
-    print(
-        f"\nsweep {status}: {finished} of {outcome.expected} trials finished, {failed} failed, "
-        f"{counts.get('retried', 0)} retried" + (", resumed" if plan.resumed else "")
+    hypervolumes = "  ".join(
+        f"{key.split('/', 1)[1]} {value:.4g}"
+        for key, value in exported.summary_metrics.items()
+        if key.startswith("hypervolume/")
     )
+    print(
+        f"\nsweep {status} in {_duration(timings['total_s'])}: {finished} of {outcome.expected} trials finished, "
+        f"{failed} failed, {counts.get('retried', 0)} retried" + (", resumed" if plan.resumed else "")
+    )
+    if hypervolumes:
+        print(f"hypervolume: {hypervolumes}")
     if first_error:
         print(f"first failure: {first_error}")
     if status == "KILLED":
         print("interrupted: rerun the same command with the same --out to resume")
+    print(f"\nwrote {out}: {', '.join(exported.files)}, sweep.json")
+    if "report.html" in exported.files:
+        print(f"  report:           open {out / 'report.html'}")
+    print(f"  MLflow UI:        mlflow ui --backend-store-uri {plan.tracking_uri}")
+    print(f"  optuna-dashboard: optuna-dashboard sqlite:///{out / 'optuna.db'}   (pip install -e '.[dashboard]')")
     return summary
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def _init_ray(config: SweepConfig, *, verbose: bool = True) -> bool:

@@ -504,6 +504,7 @@ FILES = [
     *(f"pareto.{f}" for f in ("pdf", "svg", "png")),
     *(f"pareto_dev.{f}" for f in ("pdf", "svg", "png")),
     "front.tex",
+    "report.html",
 ]
 
 

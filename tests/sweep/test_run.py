@@ -1,4 +1,7 @@
-"""The smoke sweep end to end: Ray Tune × Optuna × MLflow, the output contract, and export from MLflow."""
+"""The smoke sweep end to end: Ray Tune × Optuna × MLflow, the output contract, and export from MLflow.
+
+The sweep itself is the session fixture ``smoke_sweep`` of tests/sweep/conftest.py.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,16 @@ TUNERS = ("pez", "soft", "rlprompt")
 BASELINES = ("no_prompt", "manual", "lm_sample")
 # 3 trials per learned tuner (the unregularised one included), 1 no-prompt, 3 hand-written, 1 LM-sampled.
 N_TRIALS = 3 * 3 + 1 + 3 + 1
-CONTRACT = ("trials.parquet", "pareto.pdf", "pareto.svg", "pareto.png", "pareto_dev.png", "front.tex", "sweep.json")
+CONTRACT = (
+    "trials.parquet",
+    "pareto.pdf",
+    "pareto.svg",
+    "pareto.png",
+    "pareto_dev.png",
+    "front.tex",
+    "report.html",
+    "sweep.json",
+)
 
 
 def _brute_force_front(values: np.ndarray) -> np.ndarray:
@@ -28,21 +40,6 @@ def _brute_force_front(values: np.ndarray) -> np.ndarray:
         dominated = any(np.all(b >= a) and np.any(b > a) for j, b in enumerate(values) if j != i)
         keep.append(not dominated)
     return np.array(keep, dtype=bool)
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(local_ray, tmp_path_factory, task_dir):
-    from sweep.run import run_sweep
-
-    out = tmp_path_factory.mktemp("smoke")
-    config = load_sweep_config(
-        "smoke",
-        config_file=None,
-        overrides={"num_samples": 3, "problem.task": str(task_dir), "problem.k_shot": None},
-    )
-    start = time.time()
-    summary = run_sweep(config, out)
-    return out, summary, config, time.time() - start
 
 
 def test_writes_every_file_of_the_contract(smoke_sweep):
@@ -235,3 +232,14 @@ def test_the_light_baseline_names_match_the_tuners():
     from tuners.baselines import BASELINES as REGISTERED
 
     assert tuple(LIGHT) == tuple(REGISTERED) == BASELINES
+
+
+def test_smoke_is_the_demos_twin_with_rlprompt_and_the_fluency_knobs():
+    from sweep.presets import PRESETS
+
+    demo, smoke = PRESETS["demo"], PRESETS["smoke"]
+    assert "rlprompt" in demo["tuners"] and set(demo["tuners"]) <= set(smoke["tuners"])
+    for tuner in demo["tuners"]:
+        assert {"lambda_ppl", "fluent_top_k"} <= set(demo["search"][tuner]) <= set(smoke["search"][tuner])
+    config = load_sweep_config("demo", config_file=None, overrides={})
+    assert config.replicates >= 3

@@ -1,0 +1,333 @@
+"""Tests of report.html: a self-contained page with every trial, NaN-proof data, learning curves from MLflow,
+and the smoke sweep's report rendered by a real headless browser (Debian's ``chromium``)."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from objectives.stats import aggregate
+from sweep.exports import write_exports
+from sweep.pareto import compute_fronts
+from sweep.report import REPORT_FILE, collect_curves, write_report
+
+OBJECTIVES = ("task/acc_dev", "interp/scrutability")
+NAN = float("nan")
+INF = float("inf")
+HOSTILE = "</script><script>alert(1)</script> & <b>"
+SCREENSHOT_COPY = Path("/tmp/report_screenshot.png")
+
+
+def _trial(tuner: str, prompt: str, dev: list, test: list, scr: list, **extra: object) -> dict:
+    """A row with R = 3 replicates of each metric (mean, std, ci95, r<i>), like the sweep's rows."""
+    metrics = {"task/acc_dev": dev, "task/acc_test": test, "interp/scrutability": scr}
+    metrics["interp/log_ppl"] = [-v for v in scr]
+    metrics["interp/repeat_frac"] = [extra.pop("repeat", 0.0)] * 3
+    metrics["interp/special_frac"] = [0.0] * 3
+    rows = [{k: v[i] for k, v in metrics.items()} for i in range(3)]
+    return {
+        "tuner": tuner,
+        "prompt_text": prompt,
+        "prompt_ids": [1, 2],
+        "replicate_prompts": [prompt] * 3,
+        **aggregate(rows),
+        **extra,
+    }
+
+
+def _table() -> pd.DataFrame:
+    lam = "param/lambda_ppl"
+    rows = [
+        _trial("pez", " great movie", [0.8, 0.82, 0.84], [0.79, 0.8, 0.81], [-5.0, -5.2, -5.1], **{lam: 0.0}),
+        _trial("pez", HOSTILE, [0.7, 0.71, 0.69], [0.7, 0.69, 0.71], [-3.0, -3.1, -2.9], **{lam: 0.5}),
+        _trial("pez", "the the the", [0.6, 0.6, 0.6], [0.5, 0.6, 0.55], [-2.0, -2.0, -2.1], repeat=0.67),
+        _trial("soft", "tab\there\n", [0.75, 0.7, 0.72], [0.7, 0.7, 0.7], [-4.0, -4.5, -4.2], **{lam: INF}),
+        _trial("soft", "no dev", [0.6, 0.6, 0.6], [0.6, 0.6, 0.6], [-4.0, -4.0, -4.0], **{lam: NAN}),
+        _trial("no_prompt", "", [0.5, 0.5, 0.5], [0.5, 0.52, 0.5], [0.0, 0.0, 0.0]),
+        _trial("manual", " It was", [0.6, 0.62, 0.61], [0.6, 0.6, 0.62], [-6.0, -6.1, -6.0]),
+    ]
+    for index, row in enumerate(rows):
+        row["trial_id"], row["mlflow_run_id"] = f"t{index}", f"run{index}"
+    table = pd.DataFrame(rows)
+    # What a broken metric leaves: no test accuracy, no dev accuracy, an infinite interval and log-perplexity.
+    table.loc[3, ["task/acc_test", "task/acc_test.ci95"]] = NAN
+    table.loc[4, "task/acc_dev"] = NAN
+    table.loc[4, "interp/log_ppl"] = INF
+    table.loc[0, "interp/scrutability.ci95"] = INF
+    return table
+
+
+class _Page(HTMLParser):
+    """The page's tags: every src/href, every <script>'s attributes, and the JSON payload's text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.payload: str | None = None
+        self._in_payload = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        self.links += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "data")]
+        if tag == "script":
+            self.scripts.append(values)
+            self._in_payload = values.get("id") == "report-data"
+        if tag == "link":
+            self.links.append(values.get("href") or "")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_payload:
+            self.payload = (self.payload or "") + data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_payload = False
+
+
+def _parse(path: Path) -> tuple[str, _Page]:
+    text = path.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    return text, page
+
+
+def _strict_json(text: str) -> dict:
+    def no_constant(name: str) -> None:
+        raise AssertionError(f"the page's JSON holds {name}, which JSON does not allow")
+
+    return json.loads(text, parse_constant=no_constant)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    table = _table()
+    curves = {
+        "run0": {"rep0/dev/acc": [(0, 0.5), (5, NAN), (10, 0.8)], "rep1/dev/acc": [(0, 0.4), (10, INF)]},
+        "run1": {"rep0/train/ce": [(1, 2.0), (2, 1.5)]},
+        "no-such-run": {"rep0/dev/acc": [(0, 1.0)]},
+    }
+    header = {
+        "experiment": "unit",
+        "config": {"name": "unit", "num_samples": 3, "objectives": list(OBJECTIVES), "weird": NAN},
+        "versions": {"python": "3.11.7", "plotly": "7.1.0"},
+        "git_commit": "0123456789abcdef0123456789abcdef01234567",
+        "timings": {"tune_s": 67.0, "total_s": 3725.0},
+        "status": "FINISHED",
+        "trials_expected": 8,
+        "trials_finished": 7,
+        "trials_failed": 1,
+        "summary_metrics": {"stale": 1.0},
+    }
+    out = tmp_path_factory.mktemp("report")
+    result = write_exports(table, out, OBJECTIVES, curves=curves, header=header)
+    return out, result, table
+
+
+def test_write_exports_writes_the_report_and_lists_it(exported):
+    out, result, _ = exported
+    assert REPORT_FILE in result.files and (out / REPORT_FILE).stat().st_size > 1_000_000
+
+
+def test_the_report_is_self_contained(exported):
+    out, _, _ = exported
+    text, page = _parse(out / REPORT_FILE)
+    external = [link for link in page.links if re.match(r"\s*(https?:)?//", link, flags=re.IGNORECASE)]
+    assert not external, f"the page loads {external}"
+    assert page.scripts and all("src" not in attrs for attrs in page.scripts)
+    assert "Plotly" in text and "<link" not in text
+
+
+def test_the_report_holds_every_trial_and_escapes_prompts(exported):
+    out, _, table = exported
+    text, _ = _parse(out / REPORT_FILE)
+    rows = re.findall(r'<tr data-row="(\d+)"', text)
+    details = re.findall(r'<div class="trial" data-row="(\d+)"', text)
+    assert sorted(map(int, rows)) == sorted(map(int, details)) == list(range(len(table)))
+    for index, prompt in enumerate(table["prompt_text"]):
+        assert f"t{index}" in text
+        if prompt:
+            assert html.escape(repr(prompt)) in text
+    # A prompt holding </script> ends no element: the only raw </script> tags are the page's own three.
+    assert text.count("</script>") == 4  # the guard, the data, plotly.js and the page's script
+    assert "<script>alert(1)" not in text
+
+
+def test_nan_and_inf_are_null_in_the_page_data(exported):
+    out, _, table = exported
+    _, page = _parse(out / REPORT_FILE)
+    assert page.payload is not None
+    data = _strict_json(page.payload)
+    assert len(data["trials"]) == len(table)
+    # Every trial with finite dev and test objectives is a point in both views; the NaN ones are not drawn.
+    for view in ("test", "dev"):
+        drawn = {
+            row
+            for trace in data["views"][view]["data"]
+            if trace["meta"].get("counts")
+            for row, x, y in zip(trace["customdata"], trace["x"], trace["y"], strict=True)
+            if x is not None and y is not None
+        }
+        assert drawn == {0, 1, 2, 5, 6} | ({3} if view == "dev" else set()), view
+    bars = [t["error_y"]["array"] for t in data["views"]["dev"]["data"] if "error_y" in t]
+    assert any(None in b for b in bars)  # the infinite half-width is no bar, not a crash
+    curve = data["curves"]["0"]
+    assert curve["rep0/dev/acc"] == [[0, 5, 10], [0.5, None, 0.8]] and curve["rep1/dev/acc"][1] == [0.4, None]
+    assert data["curve_keys"] == ["dev/acc", "train/ce"]
+
+
+def test_the_header_shows_config_versions_commit_timings_and_hypervolumes(exported):
+    out, result, _ = exported
+    text, _ = _parse(out / REPORT_FILE)
+    for needle in ("0123456789abcdef0123456789abcdef01234567", "plotly 7.1.0", "tune 67.0 s", "1 h 2 min"):
+        assert needle in text, needle
+    assert "7 finished of 8, 1 failed" in text and "&quot;num_samples&quot;: 3" in text
+    for tuner, volume in result.fronts.hypervolume.items():
+        assert f"{volume:.4f}" in text, tuner
+    # The fresh summary metrics of this export are in the header's sweep fields, next to the older ones.
+    assert "hypervolume/all" in text and "stale" in text
+
+
+def test_an_empty_table_gives_a_page(tmp_path):
+    table = pd.DataFrame(columns=["tuner", "trial_id", "mlflow_run_id", "prompt_text", *OBJECTIVES])
+    path = write_report(table, compute_fronts(table, OBJECTIVES), tmp_path, curves=None, header={})
+    _, page = _parse(path)
+    assert _strict_json(page.payload or "")["trials"] == []
+
+
+def test_a_report_that_fails_leaves_the_other_exports(tmp_path, monkeypatch):
+    import sweep.exports
+
+    def broken(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("no plotly here")
+
+    monkeypatch.setattr(sweep.exports, "write_report", broken)
+    result = write_exports(_table(), tmp_path, OBJECTIVES)
+    assert REPORT_FILE not in result.files and (tmp_path / "front.tex").exists()
+
+
+def test_collect_curves_reads_histories_and_tolerates_missing_runs(tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("curves", artifact_location=(tmp_path / "art").as_uri())
+    run = client.create_run(experiment).info.run_id
+    bare = client.create_run(experiment).info.run_id
+    metrics = [Metric("rep0/dev/acc", v, 1000 + s, s) for s, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])]
+    # A resumed trial logs step 2 again, later: the later value counts. NaN is stored and read back as NaN.
+    metrics += [Metric("rep0/dev/acc", 0.25, 5000, 2), Metric("rep0/train/loss", NAN, 1000, 0)]
+    metrics += [Metric("task/acc_dev", 0.9, 1000, 7)]  # a final metric, not a curve
+    client.log_batch(run, metrics=metrics)
+    curves = collect_curves(uri, [run, "0" * 32, bare, None, NAN, run], max_points=4)
+    assert set(curves) == {run, bare} and curves[bare] == {}
+    assert set(curves[run]) == {"rep0/dev/acc", "rep0/train/loss"}
+    assert curves[run]["rep0/dev/acc"] == [(0, 0.1), (2, 0.25), (4, 0.5), (6, 0.7)]  # thinned, first and last kept
+    assert math.isnan(curves[run]["rep0/train/loss"][0][1])
+
+
+# --- the smoke sweep's report in a real browser ---------------------------------------------------------------
+
+
+def _chromium(url: str, folder: Path, *extra: str) -> tuple[str, str]:
+    """Run headless chromium on ``url`` with the network cut off; returns the DOM after the page's scripts ran
+    and chromium's log (which carries every console message of the page)."""
+    command = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",  # CI runs as root, where chromium refuses its sandbox
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        "--no-first-run",
+        f"--user-data-dir={folder / 'profile'}",
+        # Anything the page tried to fetch would fail and show as a console error.
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--enable-logging=stderr",
+        "--v=1",
+        "--virtual-time-budget=15000",
+        *extra,
+        "--dump-dom",
+        url,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, f"chromium exited {done.returncode}: {done.stderr[-2000:]}"
+    return done.stdout, done.stderr
+
+
+def _attributes(dom: str, tag: str, element_id: str | None = None) -> dict[str, str]:
+    """The attributes of the first ``<tag>`` (with ``id=element_id``) of ``dom``; valueless ones map to ``""``."""
+    where = rf'[^>]*\bid="{element_id}"' if element_id else ""
+    match = re.search(rf"<{tag}\b{where}[^>]*>", dom)
+    assert match, f"no <{tag} id={element_id!r}> in the rendered page"
+    return {name: value for name, _, value in re.findall(r'\s([\w-]+)(="([^"]*)")?', match.group(0))}
+
+
+def _console(log: str) -> list[str]:
+    # Chromium logs each console message of a page as a CONSOLE line; the report itself logs nothing.
+    return [line for line in log.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not on PATH: install Debian's chromium (apt-get install chromium), as .ci/run does")
+    return "chromium"
+
+
+def test_the_smoke_sweeps_report_renders_in_a_browser(browser, smoke_sweep, tmp_path):
+    from sweep.export import main
+
+    out, summary, _, _ = smoke_sweep
+    assert (out / REPORT_FILE).stat().st_size > 0  # the sweep's own
+    # Rebuilt from MLflow: the path that collects every trial's learning curves and finds sweep.json.
+    rebuilt = tmp_path / "export"
+    assert main(["--tracking-uri", summary["tracking_uri"], "--experiment", "smoke", "--out", str(rebuilt)]) == 0
+    report = rebuilt / REPORT_FILE
+    table = pq.read_table(rebuilt / "trials.parquet").to_pandas()
+    text, page = _parse(report)
+    data = _strict_json(page.payload or "")
+    learned = [str(i) for i in np.flatnonzero(~table["tuner"].isin(["no_prompt", "manual", "lm_sample"]))]
+    assert all(data["curves"][row] for row in learned) and data["curve_keys"][0] == "dev/acc"
+    assert summary["git_commit"] in text and summary["versions"]["torch"] in text
+    screenshot = tmp_path / "report.png"
+    dom, log = _chromium(report.as_uri(), tmp_path, "--window-size=1400,1000", f"--screenshot={screenshot}")
+    assert not _console(log), _console(log)
+    assert "data-errors" not in _attributes(dom, "html") and "hidden" in _attributes(dom, "div", "errors")
+    fronts = _attributes(dom, "section", "fronts")
+    assert fronts["data-view"] == "test" and int(fronts["data-drawn-trials"]) == len(table)
+    # Plotly drew a marker for every trial but the no-prompt one (its reference line), plus a cross on each
+    # proxy-gamed point.
+    markers = int((table["tuner"] != "no_prompt").sum()) + int(table["proxy_gamed"].sum())
+    assert int(fronts["data-drawn-points"]) == markers
+    assert f"{len(table)} of {len(table)} trials drawn" in dom
+    # The page opens on the best point of the front across tuners, a learned trial with its curves drawn.
+    assert int(_attributes(dom, "div", "curves")["data-lines"]) >= 1
+
+    dev, log = _chromium(report.as_uri() + "#dev", tmp_path)
+    assert not _console(log), _console(log)
+    fronts = _attributes(dev, "section", "fronts")
+    assert fronts["data-view"] == "dev" and int(fronts["data-drawn-trials"]) == len(table)
+
+    from matplotlib.image import imread
+
+    pixels = imread(screenshot)
+    assert pixels.shape[:2] == (1000, 1400)
+    # The fronts are drawn, not an empty frame: the plot's area holds coloured (non-grey) marks.
+    plot = pixels[380:900, 40:820, :3]
+    coloured = (plot.max(axis=2) - plot.min(axis=2)) > 0.25
+    # About 50 pixels per marker; an empty or grey-only frame has none.
+    assert coloured.sum() > 10 * len(table), "the plot area has almost no coloured pixels"
+    shutil.copy(screenshot, SCREENSHOT_COPY)
