@@ -124,13 +124,14 @@ def test_integer_knobs_stay_integers_and_reach_zero():
 
 @pytest.mark.parametrize(
     ("budget", "tpe_start", "population"),
-    [(0, 0, 2), (3, 3, 2), (7, 3, 2), (15, 3, 4), (31, 7, 8), (100, 20, 25)],
+    [(0, 0, 2), (3, 3, 2), (7, 5, 2), (15, 5, 4), (31, 11, 8), (100, 34, 25)],
 )
 def test_samplers_are_sized_to_their_budget(budget, tpe_start, population):
     tpe = sampler_plan("tpe", budget)
     assert tpe.n_start == tpe_start and tpe.n_startup_trials == max(1, tpe_start)
-    # Optuna's default start-up (10) and population (50) would leave every preset's search random.
-    assert tpe.n_start <= budget and (budget < 3 or tpe.n_startup_trials < 10 or budget >= 50)
+    # Optuna's default start-up (10) and population (50) would leave every preset's search random: past the
+    # design's 5 trials, TPE models within the budget.
+    assert tpe.n_start <= budget and (budget <= 5 or tpe.n_startup_trials < budget)
     sampler = make_sampler("tpe", 0, budget)
     assert sampler._n_startup_trials == tpe.n_startup_trials
     assert sampler._constant_liar
