@@ -102,6 +102,30 @@ class Problem:
     # Accuracies with no prompt, filled on first use by ``objectives.evaluation.baseline``.
     baseline: dict[str, float] = field(default_factory=dict)
 
+    def train_batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """``size`` training rows drawn without replacement, classes as even as the split allows; all rows
+        (in order) when ``size`` covers the split.
+
+        Class-balanced because a small uniform draw is often lopsided (8 of 16+16 reviews are 6:2 or worse
+        one time in five), and then the step's loss or reward favours whatever shifts the LM's bias toward the
+        batch's majority class: noise that pushes a prompt toward predicting one class. Rows are dealt round
+        robin over the classes of a random permutation, so each class's share differs by at most one (a class
+        with too few rows gives its share to the others) and which classes get the remainder is random.
+        """
+        labels = self.labels["train"]
+        n = len(labels)
+        if size >= n:
+            return torch.arange(n, device=labels.device)
+        perm = torch.randperm(n, generator=generator)
+        cls = labels.cpu()[perm]
+        # The rank of each row among its class's rows in the permutation: round r holds every class's r-th row.
+        rank = torch.zeros(n, dtype=torch.long)
+        for c in cls.unique():
+            members = cls == c
+            rank[members] = torch.arange(int(members.sum()))
+        order = torch.argsort(rank * n + torch.arange(n), stable=True)
+        return perm[order[:size]].to(labels.device)
+
 
 _PROBLEMS: dict[tuple, Problem] = {}
 _LOCK = threading.Lock()

@@ -133,7 +133,6 @@ def train_prompt(
     init_ids = initial_ids(problem, config, gen)
     soft = embeds[init_ids].detach().clone().float().requires_grad_(True)  # P̄: (L, d_model)
     optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
-    n_train = len(problem.labels["train"])
     # The fluent projection's candidates per prefix, for this run only: later steps mostly revisit prefixes.
     memo: CandidateMemo = {}
     best = Selection(config.select)
@@ -151,7 +150,7 @@ def train_prompt(
         logger.info("%s resumes at step %d of %d", name, done, config.steps)
 
     for step in range(done + 1, config.steps + 1):
-        rows = torch.randperm(n_train, generator=gen)[: config.batch_size].to(lm.device)
+        rows = problem.train_batch(config.batch_size, gen)
         optimizer.zero_grad(set_to_none=True)
         ce, nll = step_gradient(problem, config, soft, rows, mode=mode, memo=memo)
         optimizer.step()

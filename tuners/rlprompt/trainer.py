@@ -158,13 +158,8 @@ class RLPrompt:
         return metrics
 
     def _train_rows(self) -> torch.Tensor:
-        """The step's training examples: all of them, or a random ``batch_size`` subset."""
-        n_train = len(self.problem.labels["train"])
-        if self.config.batch_size >= n_train:
-            rows = torch.arange(n_train)
-        else:
-            rows = torch.randperm(n_train, generator=self.generator)[: self.config.batch_size]
-        return rows.to(self.problem.lm.device)
+        """The step's training examples: all of them, or a class-balanced random ``batch_size`` subset."""
+        return self.problem.train_batch(self.config.batch_size, self.generator)
 
     @torch.no_grad()
     def _rewards(
