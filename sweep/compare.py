@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from objectives.stats import paired_difference, replicate_values
+from objectives.stats import paired_difference, replicate_values, summarise
 from tuners.baselines import BASELINES
 
 TEST_METRIC = "task/acc_test"
@@ -91,3 +91,30 @@ def front_beats_share(table: pd.DataFrame, is_pareto: Sequence[bool], tuners: Se
             if front.any():
                 shares[f"front_beats/{baseline}/{tuner}"] = float(table[column].to_numpy()[front].mean())
     return shares
+
+
+LEARN_METRIC = "learn/acc_dev_gain"
+
+
+def learning_margin(table: pd.DataFrame) -> dict[str, float]:
+    """``learn/acc_dev_gain/<tuner>`` (mean), ``.ci95`` and ``.n``: what training itself gained, pooled.
+
+    Over every replicate of every trial of a tuner that reports ``learn/acc_dev_gain`` (RLPrompt: its final
+    greedy prompt's dev accuracy minus the untrained policy's, so selection among evaluations is not in it).
+    Trials are different configurations, so the pooled interval says whether training helps in this sweep at
+    all, not for any one configuration; each trial's own mean ± ci95 is in ``trials.parquet``.
+    """
+    out: dict[str, float] = {}
+    if LEARN_METRIC not in table.columns or not len(table):
+        return out
+    for tuner, rows in table.groupby(table["tuner"].astype(str), sort=True):
+        values = [v for _, row in rows.iterrows() for v in replicate_values(row.to_dict(), LEARN_METRIC)]
+        if not values:
+            continue
+        summary = summarise(values)
+        key = f"{LEARN_METRIC}/{tuner}"
+        out[key] = summary.mean
+        out[key + ".n"] = float(summary.n)
+        if summary.n > 1:
+            out[key + ".ci95"] = summary.ci95
+    return out

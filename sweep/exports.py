@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share
+from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share, learning_margin
 from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, objective_matrix
 from sweep.plots import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
 from sweep.report import REPORT_FILE, Curves, write_report
@@ -512,6 +512,7 @@ def write_exports(
     (out / "front.tex").write_text(front_latex(annotated, fronts), encoding="ascii")
     summary = {f"hypervolume/{k}": float(v) for k, v in fronts.hypervolume.items()}
     summary.update(front_beats_share(annotated, fronts.is_pareto, fronts.tuners))
+    summary.update(learning_margin(annotated))
     logger.info(
         "exports in %s: %d trials, %d on a tuner front, hypervolume %s (reference %s)",
         out,

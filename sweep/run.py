@@ -403,6 +403,7 @@ def _finish(
     import ray
 
     from sweep import mlflow_log
+    from sweep.compare import LEARN_METRIC
     from sweep.exports import front_table_text, write_exports
     from sweep.report import collect_curves
 
@@ -467,6 +468,14 @@ def _finish(
     )
     if hypervolumes:
         print(f"hypervolume: {hypervolumes}")
+    for key, value in exported.summary_metrics.items():
+        if key.startswith(LEARN_METRIC + "/") and not key.endswith((".ci95", ".n")):
+            ci = exported.summary_metrics.get(key + ".ci95")
+            n = int(exported.summary_metrics.get(key + ".n", 0))
+            print(
+                f"{key.rsplit('/', 1)[1]} learning (trained minus untrained greedy prompt, dev accuracy, {n} "
+                f"replicates of all trials): {value:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
+            )
     if first_error:
         print(f"first failure: {first_error}")
     if status == "KILLED":

@@ -576,3 +576,20 @@ def test_write_exports_needs_two_objectives(tmp_path):
     with pytest.raises(ValueError, match="2 objectives"):
         write_exports(_table(), tmp_path / "x", ["task/acc_dev"])
     assert not (tmp_path / "x").exists()
+
+
+def test_learning_margin_pools_every_replicate_of_a_tuner():
+    from sweep.compare import learning_margin
+
+    rows = [
+        {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.25, 0.0, 0.125)])},
+        {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.0, 0.125, 0.25)])},
+        {"tuner": "pez", "learn/acc_dev_gain": float("nan")},
+    ]
+    out = learning_margin(pd.DataFrame(rows))
+    # Six values 0.25, 0, 0.125 twice: mean 0.125, sample std sqrt(0.0625/5 * 2) = 0.1118, t(5) = 2.5706.
+    assert out["learn/acc_dev_gain/rlprompt"] == pytest.approx(0.125)
+    assert out["learn/acc_dev_gain/rlprompt.n"] == 6
+    assert out["learn/acc_dev_gain/rlprompt.ci95"] == pytest.approx(2.5706 * math.sqrt(0.0125) / math.sqrt(6), rel=1e-4)
+    assert not any(k.startswith("learn/acc_dev_gain/pez") for k in out)
+    assert learning_margin(pd.DataFrame({"tuner": ["pez"]})) == {}
