@@ -167,14 +167,18 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint(tmp_path, task_di
 
 
 def _kill_trial_worker(trial_dir_name: str) -> bool:
-    """SIGKILL the Ray worker process that runs a trial (its command line names the trainable)."""
+    """SIGKILL the Ray worker process that runs the trial of ``trial_dir_name``.
+
+    Tune runs each function trial in a worker whose working directory is ``.../working_dirs/<trial dir
+    name>``; any other worker may be running a different trial (a baseline, which has no checkpoint).
+    """
     found = subprocess.run(["pgrep", "-f", "ray::"], capture_output=True, text=True).stdout.split()
     for pid in found:
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
         except OSError:
             continue
-        if "run_trial" in cmdline or "ImplicitFunc" in cmdline:
+        if cwd.name == trial_dir_name:
             os.kill(int(pid), signal.SIGKILL)
             return True
     return False
