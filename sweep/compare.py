@@ -97,24 +97,35 @@ LEARN_METRIC = "learn/acc_dev_gain"
 
 
 def learning_margin(table: pd.DataFrame) -> dict[str, float]:
-    """``learn/acc_dev_gain/<tuner>`` (mean), ``.ci95`` and ``.n``: what training itself gained, pooled.
+    """``learn/acc_dev_gain/<tuner>`` (mean), ``.ci95``, ``.n`` (replicates) and ``.trials``: what training
+    itself gained in a sweep, for each tuner that reports ``learn/acc_dev_gain`` (RLPrompt: its final greedy
+    prompt's dev accuracy minus the untrained policy's, so selection among evaluations is not in it).
 
-    Over every replicate of every trial of a tuner that reports ``learn/acc_dev_gain`` (RLPrompt: its final
-    greedy prompt's dev accuracy minus the untrained policy's, so selection among evaluations is not in it).
-    Trials are different configurations, so the pooled interval says whether training helps in this sweep at
-    all, not for any one configuration; each trial's own mean ± ci95 is in ``trials.parquet``.
+    The unit is the replicate, not the trial: replicate ``i`` of every trial shares its data split and init
+    seed, and close configurations often end on the same prompt, so the trials' values within a replicate are
+    not independent draws. Each replicate's values are averaged over the tuner's trials first, and the mean
+    and interval are taken over those replicate means (the conservative reading: pooling the trials' values
+    as independent would narrow the interval without more evidence). Each trial's own mean ± ci95 is in
+    ``trials.parquet``.
     """
     out: dict[str, float] = {}
     if LEARN_METRIC not in table.columns or not len(table):
         return out
     for tuner, rows in table.groupby(table["tuner"].astype(str), sort=True):
-        values = [v for _, row in rows.iterrows() for v in replicate_values(row.to_dict(), LEARN_METRIC)]
-        if not values:
+        by_replicate: dict[int, list[float]] = {}
+        trials = 0
+        for _, row in rows.iterrows():
+            values = replicate_values(row.to_dict(), LEARN_METRIC)
+            trials += bool(values)
+            for i, value in enumerate(values):
+                by_replicate.setdefault(i, []).append(value)
+        if not by_replicate:
             continue
-        summary = summarise(values)
+        summary = summarise([sum(v) / len(v) for _, v in sorted(by_replicate.items())])
         key = f"{LEARN_METRIC}/{tuner}"
         out[key] = summary.mean
         out[key + ".n"] = float(summary.n)
+        out[key + ".trials"] = float(trials)
         if summary.n > 1:
             out[key + ".ci95"] = summary.ci95
     return out

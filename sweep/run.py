@@ -469,12 +469,14 @@ def _finish(
     if hypervolumes:
         print(f"hypervolume: {hypervolumes}")
     for key, value in exported.summary_metrics.items():
-        if key.startswith(LEARN_METRIC + "/") and not key.endswith((".ci95", ".n")):
+        if key.startswith(LEARN_METRIC + "/") and "." not in key:
             ci = exported.summary_metrics.get(key + ".ci95")
             n = int(exported.summary_metrics.get(key + ".n", 0))
+            trials = int(exported.summary_metrics.get(key + ".trials", 0))
             print(
-                f"{key.rsplit('/', 1)[1]} learning (trained minus untrained greedy prompt, dev accuracy, {n} "
-                f"replicates of all trials): {value:+.3f}" + (f" ± {ci:.3f}" if ci is not None else "")
+                f"{key.rsplit('/', 1)[1]} learning (trained minus untrained greedy prompt, dev accuracy; mean over "
+                f"{n} replicates, each averaged over {trials} trials): {value:+.3f}"
+                + (f" ± {ci:.3f} (95 %)" if ci is not None else "")
             )
     if first_error:
         print(f"first failure: {first_error}")

@@ -578,18 +578,18 @@ def test_write_exports_needs_two_objectives(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_learning_margin_pools_every_replicate_of_a_tuner():
+def test_learning_margin_averages_trials_within_a_replicate_then_summarises_replicates():
     from sweep.compare import learning_margin
 
     rows = [
         {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.25, 0.0, 0.125)])},
-        {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.0, 0.125, 0.25)])},
+        {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.0, 0.125, 0.375)])},
         {"tuner": "pez", "learn/acc_dev_gain": float("nan")},
     ]
     out = learning_margin(pd.DataFrame(rows))
-    # Six values 0.25, 0, 0.125 twice: mean 0.125, sample std sqrt(0.0625/5 * 2) = 0.1118, t(5) = 2.5706.
-    assert out["learn/acc_dev_gain/rlprompt"] == pytest.approx(0.125)
-    assert out["learn/acc_dev_gain/rlprompt.n"] == 6
-    assert out["learn/acc_dev_gain/rlprompt.ci95"] == pytest.approx(2.5706 * math.sqrt(0.0125) / math.sqrt(6), rel=1e-4)
+    # Replicate means 0.125, 0.0625, 0.25: mean 0.14583, sample std 0.09548, t(2) = 4.3027.
+    assert out["learn/acc_dev_gain/rlprompt"] == pytest.approx(0.4375 / 3)
+    assert out["learn/acc_dev_gain/rlprompt.n"] == 3 and out["learn/acc_dev_gain/rlprompt.trials"] == 2
+    assert out["learn/acc_dev_gain/rlprompt.ci95"] == pytest.approx(4.3027 * 0.095470 / math.sqrt(3), rel=1e-4)
     assert not any(k.startswith("learn/acc_dev_gain/pez") for k in out)
     assert learning_margin(pd.DataFrame({"tuner": ["pez"]})) == {}
