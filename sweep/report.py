@@ -30,7 +30,7 @@ import pandas as pd
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.compare import beats_column, diff_columns
+from sweep.compare import LEARN_METRIC, beats_column, diff_columns
 from sweep.pareto import ALL_KEY, GAMED_COLUMNS, Fronts
 from sweep.plots import (
     BASELINE_NAMES,
@@ -581,13 +581,18 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
     volume_html = ""
     if volumes:
         head = "<tr><th>tuner</th><th>hypervolume</th>"
-        head += "".join(f"<th>front beats {_esc(BASELINE_NAMES[b])}</th>" for b in baselines) + "</tr>"
+        head += "".join(f"<th>front beats {_esc(BASELINE_NAMES[b])}</th>" for b in baselines)
+        learns = any(str(k).startswith(f"{LEARN_METRIC}/") for k in summary)
+        head += "<th>training gain (dev)</th>" if learns else ""
+        head += "</tr>"
         body = ""
         for tuner, volume in volumes:
             cells = [_esc("all tuners" if tuner == ALL_KEY else tuner), _number(float(volume), 4)]
             for b in baselines:
                 share = summary.get(f"front_beats/{b}/{tuner}")
                 cells.append(f"{float(share):.0%}" if isinstance(share, (int, float)) and math.isfinite(share) else "")
+            if learns:
+                cells.append(_esc(_gain_text(summary, tuner)))
             body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         reference = ", ".join(
             f"{o} = {_number(r if metric_info(o).higher_is_better else -r, 4)}"
@@ -597,7 +602,15 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
             f'<table class="volumes">{head}{body}</table>'
             f'<p class="note">Reference point: {_esc(reference)}. Baselines are references, never part of an area. '
             "“Front beats”: the share of a tuner's front prompts whose test accuracy beats the baseline beyond "
-            "the paired 95 % interval.</p>"
+            "the paired 95 % interval."
+            + (
+                " “Training gain”: the final greedy prompt's dev accuracy minus the untrained policy's, mean ± 95 % "
+                "interval over replicates (each averaged over the tuner's trials): what training gained apart "
+                "from selection."
+                if learns
+                else ""
+            )
+            + "</p>"
         )
     elif len(fronts.objectives) != 2:
         volume_html = '<p class="note">No hypervolume: it is computed for exactly two objectives.</p>'
@@ -612,6 +625,15 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
         f'<div class="header-grid"><table class="facts">{rows}</table><div>{volume_html}{details}</div></div>'
         "</header>"
     )
+
+
+def _gain_text(summary: Mapping[str, Any], tuner: str) -> str:
+    """``+0.097 ± 0.108`` for a tuner's ``learn/acc_dev_gain/<tuner>`` summary; empty where it has none."""
+    mean = summary.get(f"{LEARN_METRIC}/{tuner}")
+    if not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        return ""
+    ci = summary.get(f"{LEARN_METRIC}/{tuner}.ci95")
+    return f"{mean:+.3f}" + (f" ± {ci:.3f}" if isinstance(ci, (int, float)) and math.isfinite(ci) else "")
 
 
 def _pretty(value: Any) -> str:

@@ -199,6 +199,15 @@ def test_the_header_shows_config_versions_commit_timings_and_hypervolumes(export
     assert "hypervolume/all" in text and "stale" in text
 
 
+def test_the_header_shows_the_training_gain_of_tuners_that_report_one(tmp_path):
+    table = _table()
+    header = {"summary_metrics": {"learn/acc_dev_gain/pez": 0.0972, "learn/acc_dev_gain/pez.ci95": 0.1077}}
+    text, _ = _parse(write_report(table, compute_fronts(table, OBJECTIVES), tmp_path, curves=None, header=header))
+    assert "<th>training gain (dev)</th>" in text and "<td>+0.097 ± 0.108</td>" in text
+    plain, _ = _parse(write_report(table, compute_fronts(table, OBJECTIVES), tmp_path, curves=None, header={}))
+    assert "training gain" not in plain
+
+
 def test_an_empty_table_gives_a_page(tmp_path):
     table = pd.DataFrame(columns=["tuner", "trial_id", "mlflow_run_id", "prompt_text", *OBJECTIVES])
     path = write_report(table, compute_fronts(table, OBJECTIVES), tmp_path, curves=None, header={})
