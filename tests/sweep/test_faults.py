@@ -112,14 +112,18 @@ def _check_complete(out: Path) -> dict:
 def test_driver_killed_five_times_then_resumed(tmp_path, task_dir):
     out, log = tmp_path / "out", tmp_path / "driver.log"
     rng = random.Random(0)
-    command = _command(out, task_dir, "--set", "replicates=2")
+    command = _command(out, task_dir, "--set", "replicates=2", "--set", "tuner_config.pez.steps=40")
     kills = 0
     for _ in range(12):
+        seen = log.stat().st_size if log.exists() else 0
         process = _start(command, log)
         before = _finished_children(out)
-        deadline = time.time() + rng.uniform(8, 25)
-        while time.time() < deadline and process.poll() is None:
-            time.sleep(0.5)
+        # Killed a random moment after this attempt started a trial, not at a fixed time: on a fast machine a
+        # whole attempt takes under 20 s, and a clock-based kill can come after the sweep has finished.
+        deadline = time.time() + 300
+        while time.time() < deadline and process.poll() is None and "started " not in _tail(log, seen):
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0.5, 4.0))
         if process.poll() is not None:
             break
         _kill_group(process)
@@ -164,6 +168,13 @@ def test_a_worker_killed_mid_trial_resumes_from_its_checkpoint(tmp_path, task_di
     steps_logged = [m.step for m in history]
     # Resumed from a checkpoint at step >= 20: the first steps were not run (nor logged) again.
     assert steps_logged.count(10) == 1 and steps_logged.count(20) == 1, steps_logged
+
+
+def _tail(log: Path, offset: int) -> str:
+    """What ``log`` got after its first ``offset`` bytes."""
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        return handle.read().decode(errors="replace")
 
 
 def _kill_trial_worker(trial_dir_name: str) -> bool:
