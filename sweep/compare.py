@@ -13,7 +13,7 @@ reading, chosen on test because it is the reference a reader would pick, never a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -129,3 +129,12 @@ def learning_margin(table: pd.DataFrame) -> dict[str, float]:
         if summary.n > 1:
             out[key + ".ci95"] = summary.ci95
     return out
+
+
+def learning_text(summary: Mapping[str, object], tuner: str) -> str:
+    """``+0.097 ± 0.108`` for ``tuner``'s ``learning_margin`` entries in ``summary``; empty where it has none."""
+    mean = summary.get(f"{LEARN_METRIC}/{tuner}")
+    if not isinstance(mean, (int, float)) or not math.isfinite(mean):
+        return ""
+    ci = summary.get(f"{LEARN_METRIC}/{tuner}.ci95")
+    return f"{mean:+.3f}" + (f" ± {ci:.3f}" if isinstance(ci, (int, float)) and math.isfinite(ci) else "")

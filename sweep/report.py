@@ -30,7 +30,7 @@ import pandas as pd
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.compare import LEARN_METRIC, beats_column, diff_columns
+from sweep.compare import LEARN_METRIC, beats_column, diff_columns, learning_text
 from sweep.pareto import ALL_KEY, GAMED_COLUMNS, Fronts
 from sweep.plots import (
     BASELINE_NAMES,
@@ -592,7 +592,7 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
                 share = summary.get(f"front_beats/{b}/{tuner}")
                 cells.append(f"{float(share):.0%}" if isinstance(share, (int, float)) and math.isfinite(share) else "")
             if learns:
-                cells.append(_esc(_gain_text(summary, tuner)))
+                cells.append(_esc(learning_text(summary, tuner)))
             body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         reference = ", ".join(
             f"{o} = {_number(r if metric_info(o).higher_is_better else -r, 4)}"
@@ -625,15 +625,6 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
         f'<div class="header-grid"><table class="facts">{rows}</table><div>{volume_html}{details}</div></div>'
         "</header>"
     )
-
-
-def _gain_text(summary: Mapping[str, Any], tuner: str) -> str:
-    """``+0.097 ± 0.108`` for a tuner's ``learn/acc_dev_gain/<tuner>`` summary; empty where it has none."""
-    mean = summary.get(f"{LEARN_METRIC}/{tuner}")
-    if not isinstance(mean, (int, float)) or not math.isfinite(mean):
-        return ""
-    ci = summary.get(f"{LEARN_METRIC}/{tuner}.ci95")
-    return f"{mean:+.3f}" + (f" ± {ci:.3f}" if isinstance(ci, (int, float)) and math.isfinite(ci) else "")
 
 
 def _pretty(value: Any) -> str:

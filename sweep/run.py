@@ -403,7 +403,7 @@ def _finish(
     import ray
 
     from sweep import mlflow_log
-    from sweep.compare import LEARN_METRIC
+    from sweep.compare import LEARN_METRIC, learning_text
     from sweep.exports import front_table_text, write_exports
     from sweep.report import collect_curves
 
@@ -468,15 +468,14 @@ def _finish(
     )
     if hypervolumes:
         print(f"hypervolume: {hypervolumes}")
-    for key, value in exported.summary_metrics.items():
+    for key in exported.summary_metrics:
         if key.startswith(LEARN_METRIC + "/") and "." not in key:
-            ci = exported.summary_metrics.get(key + ".ci95")
+            tuner = key.rsplit("/", 1)[1]
             n = int(exported.summary_metrics.get(key + ".n", 0))
             trials = int(exported.summary_metrics.get(key + ".trials", 0))
             print(
-                f"{key.rsplit('/', 1)[1]} learning (trained minus untrained greedy prompt, dev accuracy; mean over "
-                f"{n} replicates, each averaged over {trials} trials): {value:+.3f}"
-                + (f" ± {ci:.3f} (95 %)" if ci is not None else "")
+                f"{tuner} learning (trained minus untrained greedy prompt, dev accuracy; mean ± 95 % over {n} "
+                f"replicates, each averaged over {trials} trials): {learning_text(exported.summary_metrics, tuner)}"
             )
     if first_error:
         print(f"first failure: {first_error}")
