@@ -176,7 +176,16 @@ class SweepConfig:
         """The plain config values of one tuner's trials, before a fixed trial's or the search's values."""
         from tuners.presets import preset_values
 
-        return {**preset_values(self.preset, tuner), **self.problem, **self.tuner_config.get(tuner, {})}
+        values = {**preset_values(self.preset, tuner), **self.problem, **self.tuner_config.get(tuner, {})}
+        task = values.get("task")
+        # Trials run in their own working directories (Tune's trial dirs), where a folder given relative to the
+        # driver's (--set problem.task=../data/sst-2/16-13) is not found; the driver makes it absolute. Anything
+        # else (an asset name, hf:..., a path that does not exist) stays as given, so its error names it.
+        if isinstance(task, str) and task != "rotten-tomatoes" and not task.startswith("hf:"):
+            folder = Path(task).expanduser()
+            if folder.is_dir():
+                values["task"] = str(folder.resolve())
+        return values
 
     def runs(self) -> tuple[str, ...]:
         """Every tuner a sweep runs: its learned tuners, then its baselines."""

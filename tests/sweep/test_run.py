@@ -195,6 +195,15 @@ def test_tuners_and_baselines_must_share_one_problem(task_dir):
     assert {config.trial_values(t)["task"] for t in config.runs()} == {str(task_dir)}
 
 
+def test_a_relative_task_folder_reaches_the_trials_absolute(task_dir, monkeypatch):
+    # Trials run in Tune's trial directories, where the driver's relative path would not resolve.
+    monkeypatch.chdir(task_dir.parent)
+    config = load_sweep_config("smoke", config_file=None, overrides={"problem.task": task_dir.name})
+    assert {config.trial_values(t)["task"] for t in config.runs()} == {str(task_dir.resolve())}
+    missing = load_sweep_config("smoke", config_file=None, overrides={"problem.task": "no/such/folder"})
+    assert missing.trial_values("pez")["task"] == "no/such/folder"  # left as typed, for the error to name
+
+
 def test_a_subset_of_the_presets_tuners():
     config = load_sweep_config("smoke", config_file=None, overrides={"tuners": ["pez"]})
     assert config.tuners == ("pez",) and "soft" in config.search
