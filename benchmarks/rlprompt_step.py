@@ -16,8 +16,10 @@ Two runs of the same configuration and seed share the model and the frozen input
   shows the cost of the log_ppl rows the decode then carries.
 
 Both start from the same MLP; each step of one is followed by the same step of the other, so machine noise
-hits both alike, and their first step's prompts and rewards are checked equal (without the fluent restriction;
-with it the two draw their samples in a different order). Medians over ``--steps`` steps after one warm-up.
+hits both alike, and their first step's prompts and rewards are checked equal (without the fluent restriction,
+with which the two draw their samples in a different order, and without ``include_greedy``, which the before
+step lacks: the demo preset sets it, so check with ``--set include_greedy=false``). Medians over ``--steps`` steps
+after one warm-up.
 """
 
 from __future__ import annotations
@@ -294,7 +296,11 @@ def main() -> None:
         f"L={config.prompt_len} fluent_top_k={config.fluent_top_k} lambda_ppl={config.lambda_ppl} "
         f"threads={args.threads}; build {build_s:.1f} s; medians of {args.steps} steps after 1 warm-up (ms)"
     )
-    if not config.fluent_top_k:
+    if config.include_greedy:
+        # The before step had no greedy row: its prompts and rewards differ from the first row on.
+        print("first step: not compared (include_greedy: the after step rewards the greedy prompt among the samples;")
+        print("            --set include_greedy=false checks that both steps draw the same prompts and rewards)")
+    elif not config.fluent_top_k:
         # Same MLP, same generator state: the first step must agree.
         print(
             f"first step: same prompts {bool(torch.equal(b['ids'], a['ids']))}"
