@@ -195,14 +195,21 @@ unknown_message = did_you_mean  # the name the rest of the code base has used
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["k=v", ...]`` → dict, values read as YAML (``3``, ``0.1``, ``null``, ``[" a", " b"]``)."""
+    """``["k=v", ...]`` → dict, values read as YAML (``3``, ``0.1``, ``null``, ``[" a", " b"]``).
+
+    Unquoted text is kept exactly as typed: YAML would strip ``prompt_text= It was`` to ``"It was"``, and the
+    leading space is part of the prompt (another token under BPE).
+    """
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, raw = pair.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.safe_load(raw) if raw.strip() else ""
+            if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):
+                value = raw
+            out[key.strip()] = value
         except yaml.YAMLError as err:
             where = getattr(err, "problem", None) or type(err).__name__
             raise ConfigError(
@@ -256,7 +263,11 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             return tuple(value)
         if typing.get_origin(option) is dict and isinstance(value, Mapping):
             return dict(value)
-    raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(hint)}")
+    hint_text = ""
+    if str in options and not isinstance(value, str):
+        # `--set init_text= My rating: the film is` reads as the YAML mapping {'My rating': 'the film is'}.
+        hint_text = f"; if you meant text, quote it: {key}='\"...\"'"
+    raise ConfigError(f"{key}={value!r} has the wrong type: expected {_type_name(hint)}{hint_text}")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tuners.__main__ import main
+from tuners.base import parse_overrides
 
 
 def _run(capsys, *args):
@@ -51,6 +52,7 @@ def test_run_writes_the_json_contract(capsys, tmp_path, task_dir):
         (["pez", "--set", "nonsense"], "not of the form key=value"),
         (["pez", "--set", "model=no-such-model-xyz"], "Offline model assets: smollm2-135m, tiny-gpt2"),
         (["pez", "--set", "task=/no/such/folder"], "/no/such/folder"),
+        (["pez", "--set", "init=text", "--set", "init_text= My rating: it is"], "quote it: init_text="),
     ],
 )
 def test_bad_input_is_a_clear_error(capsys, args, message):
@@ -98,3 +100,9 @@ def test_list(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "pez" in out and "lambda_ppl" in out and "smoke" in out
+
+
+def test_unquoted_text_overrides_keep_their_spaces():
+    # A prompt's leading space is a different BPE token; YAML alone would strip it.
+    values = parse_overrides(["prompt_text= It was", 'quoted=" It is"', "steps=3", "lr= 0.1", "k_shot=null"])
+    assert values == {"prompt_text": " It was", "quoted": " It is", "steps": 3, "lr": 0.1, "k_shot": None}
