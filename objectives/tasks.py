@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -76,11 +77,28 @@ def read_tsv(path: Path, *, num_classes: int) -> list[Example]:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"{path} is missing; an LM-BFF folder must contain {', '.join(LMBFF_FILES)}")
+    data = path.read_bytes()
+    if b"\0" in data:
+        # No text file holds a NUL byte (a UTF-16 one does, as do images and archives): say binary, not encoding.
+        line = data.count(b"\n", 0, data.index(b"\0")) + 1
+        raise TaskError(
+            f"{path}, line {line}: a NUL byte; this is a binary (or UTF-16) file, not UTF-8 tab-separated text"
+        )
+    try:
+        # Decoded whole, up front, so that a file in another encoding fails here naming the byte and its line,
+        # not as a UnicodeDecodeError inside the csv reader. A UTF-8 byte-order mark is accepted (and dropped).
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise TaskError(
+            f"{path}, line {line}: byte {data[err.start]:#04x} is not UTF-8 text (a latin-1 or binary file?); "
+            "task files must be UTF-8: convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+        ) from err
     examples: list[Example] = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        # QUOTE_NONE: SST sentences contain bare double quotes, which the default dialect would treat as
-        # field quoting and so merge or split rows.
-        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+    # QUOTE_NONE: SST sentences contain bare double quotes, which the default dialect would treat as field
+    # quoting and so merge or split rows.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    try:
         header = next(reader, None)
         if not header:
             raise TaskError(f"{path} is empty; it needs a header row ('sentence', 'label') and data rows")
@@ -114,6 +132,13 @@ def read_tsv(path: Path, *, num_classes: int) -> list[Example]:
                     "words, one per class) against this data set"
                 )
             examples.append(Example(text=row[text_at], label=label))
+    except csv.Error as err:
+        # Under QUOTE_NONE, with NUL bytes refused above, this can only be a field over csv.field_size_limit()
+        # (128 KiB): far beyond any model's context, and usually a file whose line breaks were lost.
+        raise TaskError(
+            f"{path}, line {reader.line_num}: {err}; no sentence is that long: is this a file without "
+            "line breaks? Write one example per line, sentence and label separated by a tab"
+        ) from err
     if not examples:
         raise TaskError(f"{path} has a header but no rows; it needs at least one example")
     return examples
@@ -254,6 +279,27 @@ def _without(pool: Sequence[Example], taken: Sequence[Example]) -> list[Example]
     return [e for e in pool if e not in used]
 
 
+def check_split(examples: Sequence[Example], num_classes: int, what: str) -> None:
+    """Every class has an example in ``examples``, and not every text is empty.
+
+    A split without some class is refused, not run: trained on one class a prompt learns only to name it, a dev
+    split without a class selects for it, and a test split without one cannot show whether the prompt separates
+    the classes. A missing class is most often a verbalizer with more words than the data has classes (each
+    word is a class). Single empty sentences are accepted (the scorer gives them one filler token, as a data
+    set may hold an empty review); a split of nothing but empty sentences is a broken file.
+    """
+    present = sorted({e.label for e in examples if e.label >= 0})
+    missing = [c for c in range(num_classes) if c not in present]
+    if missing:
+        raise TaskError(
+            f"{what} has no example of class {', '.join(map(str, missing))} (its labels: "
+            f"{', '.join(map(str, present)) or 'none'}); every split needs every class. Check the data, or the "
+            f"verbalizer: its {num_classes} words make {num_classes} classes, so give one word per class of the data"
+        )
+    if examples and not any(e.text.strip() for e in examples):
+        raise TaskError(f"{what}: every sentence is empty; check the file's 'sentence' column")
+
+
 def _check_labelled(examples: Sequence[Example], what: str) -> None:
     if any(e.label < 0 for e in examples):
         raise TaskError(f"{what} has unlabelled examples (label < 0); it cannot be used for training or dev")
@@ -297,6 +343,7 @@ def _hf_task(
         raise TaskError(f"Hugging Face dataset {spec!r} has no 'train' split (found {sorted(splits)})")
     train_pool = splits["train"]
     _check_labelled(train_pool, f"{spec!r} split 'train'")
+    check_split(train_pool, num_classes, f"Hugging Face dataset {spec!r}, split 'train'")
     validation = splits.get("validation", splits.get("dev"))
     test = splits.get("test")
     dev_pool: list[Example] | None = validation
@@ -323,6 +370,8 @@ def _hf_task(
         if k_dev is not None:
             dev = kshot(dev, k_dev, seed=seed + 1, num_classes=num_classes)
     _check_labelled(dev, f"{spec!r} dev split")
+    check_split(dev, num_classes, f"Hugging Face dataset {spec!r}, dev split")
+    check_split(test, num_classes, f"Hugging Face dataset {spec!r}, test split")
     task_name = name if config is None else f"{name}/{config}"
     return Task(task_name, tuple(train), tuple(dev), tuple(_fixed_subset(test, n_test)), num_classes)
 
@@ -331,6 +380,8 @@ def _folder_task(
     folder: Path, *, num_classes: int, k_shot: int | None, k_dev: int | None, n_test: int | None, seed: int
 ) -> Task:
     train, dev, test = load_lmbff(folder, num_classes=num_classes)
+    for split, examples in zip(SPLITS, (train, dev, test), strict=True):
+        check_split(examples, num_classes, str(folder / f"{split}.tsv"))
     if k_shot is not None:
         train = kshot(train, k_shot, seed=seed, num_classes=num_classes)
     if (k_dev or k_shot) is not None:
@@ -360,16 +411,29 @@ def load_task(
             raise TaskError(f"{name}={value} is invalid; pass {name} >= 1 (examples per class) or None")
     if n_test is not None and n_test < 1:
         raise TaskError(f"n_test={n_test} is invalid; pass n_test >= 1 or None for the whole test split")
-    if source == ROTTEN_TOMATOES:
-        return _rotten_tomatoes_task(num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
-    if source.startswith("hf:"):
-        return _hf_task(source, num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
+    sizes = {"num_classes": num_classes, "k_shot": k_shot, "k_dev": k_dev, "n_test": n_test, "seed": seed}
     folder = Path(source).expanduser()
-    if folder.is_dir():
-        return _folder_task(folder, num_classes=num_classes, k_shot=k_shot, k_dev=k_dev, n_test=n_test, seed=seed)
-    looks_like_path = "/" in source or "\\" in source or source.startswith((".", "~"))
-    detail = f"the path {source!r} does not exist or is not a folder; " if looks_like_path else ""
-    raise TaskError(f"unknown task source {source!r}; {detail}accepted forms: {_SOURCE_FORMS}")
+    if source == ROTTEN_TOMATOES:
+        task = _rotten_tomatoes_task(**sizes)
+    elif source.startswith("hf:"):
+        task = _hf_task(source, **sizes)
+    elif folder.is_dir():
+        task = _folder_task(folder, **sizes)
+    else:
+        looks_like_path = "/" in source or "\\" in source or source.startswith((".", "~"))
+        detail = f"the path {source!r} does not exist or is not a folder; " if looks_like_path else ""
+        raise TaskError(f"unknown task source {source!r}; {detail}accepted forms: {_SOURCE_FORMS}")
+    missing = sorted(set(range(num_classes)) - set(task.labels("test")))
+    if missing:
+        # The whole test split holds every class (checked above); only a small n_test subset can miss one.
+        logger.warning(
+            "the %d test examples (n_test) of %s hold no example of class %s; test accuracy is then one-sided: "
+            "raise n_test",
+            len(task.test),
+            task.name,
+            missing,
+        )
+    return task
 
 
 def verbalizer_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:

@@ -298,3 +298,58 @@ def test_verbalizer_duplicates_and_too_few(gpt2_tokenizer):
         verbalizer_ids(gpt2_tokenizer, [" great", " great"])
     with pytest.raises(TaskError, match=r"fewer than 2 words"):
         verbalizer_ids(gpt2_tokenizer, [" great"])
+
+
+# --- files that are not UTF-8 TSV, and splits that cannot train or test a classifier ------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("sentence\tlabel\ngood\t1\ncaf\u00e9\t0\n".encode("latin-1"), r"line 3: byte 0xe9 is not UTF-8 text.*iconv"),
+        (b"sentence\tlabel\n\x89PNG\x00\x00\t1\n", r"line 2: a NUL byte; this is a binary"),
+        (
+            b"sentence\tlabel\n" + b"x" * 200_000 + b"\t1\n",
+            r"line 2: field larger than field limit.*without line breaks",
+        ),
+    ],
+    ids=["latin-1", "binary", "200kb-line"],
+)
+def test_a_file_that_is_not_utf8_tsv_names_its_line(tmp_path: Path, data: bytes, message: str):
+    path = tmp_path / "train.tsv"
+    path.write_bytes(data)
+    with pytest.raises(TaskError, match=message):
+        read_tsv(path, num_classes=2)
+
+
+def test_a_utf8_byte_order_mark_is_accepted(tmp_path: Path):
+    path = tmp_path / "train.tsv"
+    path.write_bytes("\ufeffsentence\tlabel\ngood\t1\n".encode())
+    assert read_tsv(path, num_classes=2) == [Example("good", 1)]
+
+
+def test_every_split_needs_every_class(lmbff: Path):
+    _write_tsv(lmbff / "train.tsv", [(f"t{i}", 0) for i in range(5)])
+    with pytest.raises(TaskError, match=r"train\.tsv has no example of class 1 \(its labels: 0\); every split"):
+        load_task(str(lmbff), num_classes=2)
+    with pytest.raises(TaskError, match=r"train\.tsv has no example of class 1"):
+        load_task(str(lmbff), num_classes=2, k_shot=2)  # before k-shot sampling's "fewer than k"
+
+
+def test_a_verbalizer_with_more_words_than_classes_is_named(lmbff: Path):
+    with pytest.raises(TaskError, match=r"no example of class 2 \(its labels: 0, 1\).*verbalizer: its 3 words"):
+        load_task(str(lmbff), num_classes=3)
+
+
+def test_a_split_of_empty_sentences_is_refused_one_empty_sentence_is_not(lmbff: Path):
+    _write_tsv(lmbff / "dev.tsv", [("", 0), ("", 1), (" ", 1)])
+    with pytest.raises(TaskError, match=r"dev\.tsv: every sentence is empty"):
+        load_task(str(lmbff), num_classes=2)
+    _write_tsv(lmbff / "dev.tsv", [("", 0), ("fine", 1)])
+    assert load_task(str(lmbff), num_classes=2).texts("dev") == ["", "fine"]
+
+
+def test_a_test_subset_without_a_class_warns(lmbff: Path, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level("WARNING", logger="objectives.tasks"):
+        load_task(str(lmbff), num_classes=2, n_test=1)
+    assert "test accuracy is then one-sided: raise n_test" in caplog.text
