@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from objectives.errors import ConfigError
 from objectives.models import LanguageModel, load_lm
-from objectives.scoring import TEMPLATES, PromptScorer, shared_scorer
+from objectives.scoring import PREFIX_TAIL, TEMPLATES, PromptScorer, shared_scorer
 from objectives.tasks import Task, load_task, verbalizer_ids
 
 SPLITS = ("train", "dev", "test")
@@ -32,6 +34,9 @@ SPLITS = ("train", "dev", "test")
 # - last: the final step's prompt. No selection at all (so no selection noise), at the mercy of the last step.
 # Test data never takes part in any of them.
 SELECTIONS = ("dev_acc", "dev_objective", "last")
+# Seeds reach torch generators, Python's random and (through the sweep's seed) numpy, whose seeds are unsigned
+# 32-bit; one range for all of them.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +87,8 @@ class ProblemConfig:
                 raise ConfigError(f"{name}={value} must be >= 1, or None for all examples")
         if self.eval_chunk < 1:
             raise ConfigError(f"eval_chunk={self.eval_chunk} must be >= 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed={self.seed} must be in [0, {MAX_SEED}] (2**32 - 1)")
 
     def problem_key(self) -> tuple:
         """The fields that decide the built ``Problem`` (prompt length and selection do not)."""
@@ -101,6 +108,10 @@ class Problem:
     labels: dict[str, torch.Tensor]
     # Accuracies with no prompt, filled on first use by ``objectives.evaluation.baseline``.
     baseline: dict[str, float] = field(default_factory=dict)
+    # The longest input of any split in tokens, as the template lays it out, and the positions the LM has
+    # (None: unknown): a prompt must fit beside it (``check_prompt_fits``).
+    longest_input: tuple[int, str] = (0, "")
+    max_positions: int | None = None
 
     def train_batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
         """``size`` training rows drawn without replacement, classes as even as the split allows; all rows
@@ -132,15 +143,96 @@ _LOCK = threading.Lock()
 
 
 def build_problem(config: ProblemConfig) -> Problem:
-    """Build (or reuse from this process's cache) the problem that ``config`` describes."""
+    """Build (or reuse from this process's cache) the problem that ``config`` describes.
+
+    Raises ``ConfigError`` when ``config.prompt_len`` does not fit beside the task's longest input in the LM's
+    positions (checked on every call: the cache key leaves the prompt length out).
+    """
     key = config.problem_key()
     with _LOCK:
         if key not in _PROBLEMS:
             _PROBLEMS[key] = _build(config)
-        return _PROBLEMS[key]
+        problem = _PROBLEMS[key]
+    check_prompt_fits(
+        config.prompt_len, problem.longest_input, problem.max_positions, model=config.model, task=config.task
+    )
+    return problem
+
+
+# The weights files ``from_pretrained`` loads into PyTorch (transformers.utils' *WEIGHTS*_NAME), sharded or not.
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def check_model_folder(spec: str) -> None:
+    """A model given as a folder holds a config and weights (checked before loading: transformers' own error
+    for a folder without weights is an ``OSError`` deep in its loader). Names that are no folder pass."""
+    folder = Path(spec).expanduser()
+    if not folder.is_dir():
+        return
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"model folder {spec!r} has no config.json; pass a Hugging Face model folder")
+    if not any((folder / name).is_file() for name in WEIGHTS_FILES):
+        raise ConfigError(
+            f"model folder {spec!r} has a config.json but no weights ({', '.join(WEIGHTS_FILES)}); save the model "
+            "into it with model.save_pretrained(folder), or pass another folder"
+        )
+
+
+def max_positions(model_config: Any) -> int | None:
+    """The token positions a Hugging Face model config allows (GPT-2's ``n_positions``, Llama's
+    ``max_position_embeddings``), or None when the config names none."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def longest_input(tokenizer: Any, task: Task, template: str) -> tuple[int, str]:
+    """``(tokens, text)`` of the longest input of any split, laid out as ``PromptScorer`` lays it out
+    (``objectives/scoring.py``: the ``prefix`` template appends " It was"; an empty text is one token)."""
+    texts = [text for split in SPLITS for text in task.texts(split)]
+    if not texts:
+        return 0, ""
+    laid_out = [" " + t.strip() + PREFIX_TAIL for t in texts] if template == "prefix" else texts
+    lengths = [max(1, len(ids)) for ids in tokenizer(laid_out, add_special_tokens=False)["input_ids"]]
+    at = max(range(len(texts)), key=lengths.__getitem__)
+    return lengths[at], texts[at]
+
+
+def check_prompt_fits(
+    prompt_len: int, longest: tuple[int, str], positions: int | None, *, model: str, task: str
+) -> None:
+    """``prompt_len`` prompt tokens beside the longest input (``longest_input``) fit the LM's ``positions``.
+
+    Inputs are never truncated (a cut review is another example), so the sum must fit: past it the position
+    embeddings run out (an ``IndexError`` in every trial) or, for rotary models, the LM reads positions it was
+    never trained on.
+    """
+    tokens, text = longest
+    if positions is None or prompt_len + tokens <= positions:
+        return
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    if tokens >= positions:
+        raise ConfigError(
+            f"task {task!r} has an input of {tokens} tokens ({shown!r}), but model {model!r} has {positions} "
+            "positions in all, the prompt included; inputs are not truncated: shorten or drop the longest examples, "
+            "or use a model with a longer context"
+        )
+    raise ConfigError(
+        f"prompt_len={prompt_len} does not fit model {model!r}: it has {positions} positions and the longest input "
+        f"of task {task!r} takes {tokens} ({shown!r}); set prompt_len <= {positions - tokens}"
+    )
 
 
 def _build(config: ProblemConfig) -> Problem:
+    check_model_folder(config.model)
     lm = load_lm(config.model, config.device)
     ids = verbalizer_ids(lm.tokenizer, config.verbalizer)
     task = load_task(
@@ -151,6 +243,9 @@ def _build(config: ProblemConfig) -> Problem:
         n_test=config.n_test,
         seed=config.seed,
     )
+    longest, positions = longest_input(lm.tokenizer, task, config.template), max_positions(lm.model.config)
+    # The inputs alone must fit before the scorers run the frozen LM over them (the prompt is checked per call).
+    check_prompt_fits(0, longest, positions, model=config.model, task=config.task)
     scorers = {
         # Every split's keys/values stay resident while they fit the scorer's memory budget, and a scorer is
         # shared by every problem with the same split texts: trials that share a worker process, and replicates
@@ -166,4 +261,12 @@ def _build(config: ProblemConfig) -> Problem:
         for split in SPLITS
     }
     labels = {split: torch.tensor(task.labels(split), device=lm.device) for split in SPLITS}
-    return Problem(lm=lm, task=task, verbalizer_ids=ids, scorers=scorers, labels=labels)
+    return Problem(
+        lm=lm,
+        task=task,
+        verbalizer_ids=ids,
+        scorers=scorers,
+        labels=labels,
+        longest_input=longest,
+        max_positions=positions,
+    )

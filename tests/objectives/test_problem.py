@@ -1,4 +1,4 @@
-"""``Problem.train_batch``: class-balanced training batches."""
+"""``Problem.train_batch``: class-balanced training batches; and what a problem must fit (seeds, positions, weights)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,54 @@ def test_the_same_generator_state_gives_the_same_batches():
     problem = _problem([0, 1] * 10)
     first = [problem.train_batch(6, torch.Generator().manual_seed(3)).tolist() for _ in range(2)]
     assert first[0] == first[1]
+
+
+# --- what a problem must fit -------------------------------------------------------------------------------
+
+
+def test_seeds_are_unsigned_32_bit():
+    from objectives.problem import ConfigError, ProblemConfig
+
+    for seed in (-1, 2**32):
+        with pytest.raises(ConfigError, match=rf"seed={seed} must be in \[0, 4294967295\]"):
+            ProblemConfig(seed=seed)
+    assert ProblemConfig(seed=2**32 - 1).seed == 2**32 - 1
+
+
+def test_the_prompt_must_fit_beside_the_longest_input():
+    from objectives.problem import ConfigError, check_prompt_fits
+
+    check_prompt_fits(6, (250, "a review"), 256, model="m", task="t")  # exactly full
+    check_prompt_fits(10**6, (10, "x"), None, model="m", task="t")  # positions unknown: nothing to check
+    with pytest.raises(ConfigError, match=r"prompt_len=7 does not fit model 'm'.*set prompt_len <= 6"):
+        check_prompt_fits(7, (250, "a review"), 256, model="m", task="t")
+    with pytest.raises(ConfigError, match=r"task 't' has an input of 300 tokens \('a long one'\).*not truncated"):
+        check_prompt_fits(1, (300, "a long one"), 256, model="m", task="t")
+
+
+def test_longest_input_as_the_template_lays_it_out(task_dir):
+    from objectives.models import load_tokenizer, tiny_gpt2
+    from objectives.problem import longest_input, max_positions
+    from objectives.tasks import load_task
+
+    tokenizer = load_tokenizer("tiny-gpt2")
+    task = load_task(str(task_dir), num_classes=2)
+    suffix, text = longest_input(tokenizer, task, "suffix")
+    prefix, same = longest_input(tokenizer, task, "prefix")
+    assert text == same and suffix == len(tokenizer.encode(text)) and prefix == suffix + 2  # " It was"
+    assert max_positions(tiny_gpt2().config) == 256
+
+
+def test_a_model_folder_needs_its_weights(tmp_path):
+    from transformers import GPT2Config
+
+    from objectives.problem import ConfigError, check_model_folder
+
+    check_model_folder("tiny-gpt2")  # not a folder: the loader's business
+    with pytest.raises(ConfigError, match="has no config.json"):
+        check_model_folder(str(tmp_path))
+    GPT2Config(n_layer=1, n_embd=8, n_head=1).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"has a config.json but no weights \(model.safetensors"):
+        check_model_folder(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    check_model_folder(str(tmp_path))
