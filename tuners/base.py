@@ -194,6 +194,43 @@ def get_tuner(name: str) -> Tuner:
 unknown_message = did_you_mean  # the name the rest of the code base has used
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML table gives one key twice; plain YAML loading would keep the last one without a word."""
+
+    def __init__(self, key: Any, lines: tuple[int, int]) -> None:
+        self.key, self.lines = key, lines
+        super().__init__(
+            f"key {key!r} is given twice in one table (lines {lines[0]} and {lines[1]}); YAML would keep only the "
+            "last one: remove one of them"
+        )
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one table (``DuplicateKeyError``)."""
+
+
+def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in seen and key != "<<":  # `<<` merges a table in; repeating it is YAML's own business
+                raise DuplicateKeyError(key, (seen[key], line))
+            seen[key] = line
+        except TypeError:  # an unhashable key: construct_mapping names it below
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load``, except that a key given twice in one table raises ``DuplicateKeyError``."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds plain values only
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["k=v", ...]`` → dict, values read as YAML (``3``, ``0.1``, ``null``, ``[" a", " b"]``).
 
@@ -206,10 +243,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"override {pair!r} is not of the form key=value")
         key, raw = pair.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
             if isinstance(value, str) and raw.strip()[:1] not in ("'", '"'):
                 value = raw
             out[key.strip()] = value
+        except DuplicateKeyError as err:
+            raise ConfigError(
+                f"override {pair!r} gives key {err.key!r} twice; YAML would keep the last: remove one"
+            ) from err
         except yaml.YAMLError as err:
             where = getattr(err, "problem", None) or type(err).__name__
             raise ConfigError(
@@ -252,6 +293,9 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         if option is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
             # YAML 1.1 reads 1e-3 (no dot) as text; a float field can only have meant the number.
             if isinstance(value, str) and not _FLOAT.fullmatch(value.strip()):
+                if _NONFINITE.fullmatch(value.strip()) and str not in options:
+                    # `lr=nan` (YAML's own spelling is `.nan`) is a number, just not a usable one.
+                    raise ConfigError(f"{key}={value!r} must be a finite number")
                 continue
             number = float(value)
             if not math.isfinite(number):
@@ -271,10 +315,12 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+_NONFINITE = re.compile(r"[-+]?\.?(nan|inf|infinity)", re.IGNORECASE)
 
 
 def _type_name(hint: Any) -> str:
-    return str(hint).replace("typing.", "")
+    # `float`, not `<class 'float'>`; unions and generics print as written (`int | None`, `tuple[str, ...]`).
+    return hint.__name__ if isinstance(hint, type) and not typing.get_args(hint) else str(hint).replace("typing.", "")
 
 
 def config_dict(config: ProblemConfig) -> dict[str, Any]:
