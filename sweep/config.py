@@ -35,6 +35,11 @@ if typing.TYPE_CHECKING:
 BASELINES = ("no_prompt", "manual", "lm_sample")
 
 SAMPLERS = ("tpe", "nsga2", "random")
+# Upper bounds that catch a typo (an extra zero or three) in seconds instead of a sweep that never ends: far above
+# any preset (paper: 32 trials per tuner, 5 replicates). Each trial is a whole tuner run per replicate, and
+# Optuna's sampler, Tune's experiment state and the exports all grow with the trials.
+MAX_NUM_SAMPLES = 10_000
+MAX_REPLICATES = 100
 # Problem fields that must agree across a sweep's tuners and baselines (the others only change speed or the
 # prompt's length).
 SHARED_PROBLEM_FIELDS = ("model", "task", "verbalizer", "template", "k_shot", "k_dev", "n_test", "seed")
@@ -92,7 +97,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         from objectives.metrics import METRICS
-        from objectives.problem import ProblemConfig
+        from objectives.problem import MAX_SEED, ProblemConfig
         from tuners import available, get_tuner
         from tuners.base import make_config
 
@@ -103,6 +108,12 @@ class SweepConfig:
         for name in self.baselines:
             if name not in BASELINES:
                 raise ConfigError(unknown_message("baseline", name, list(BASELINES)))
+        for key in ("tuners", "baselines", "objectives", "manual_prompts"):
+            listed = list(getattr(self, key) or ())
+            twice = sorted({item for item in listed if listed.count(item) > 1})
+            if twice:
+                # A second entry would run (or count) the same thing twice under one name.
+                raise ConfigError(f"{key}={listed} lists {', '.join(map(repr, twice))} more than once; list each once")
         overlap = sorted(set(self.tuners) & set(self.baselines))
         if overlap:
             raise ConfigError(f"{overlap} are baselines; list them under baselines, not tuners")
@@ -115,8 +126,17 @@ class SweepConfig:
             cls = get_tuner(tuner).config_cls
             fields = {f.name for f in dataclasses.fields(cls)}
             for knob, bounds in self.search.get(tuner, {}).items():
+                searchable = searchable_knobs(cls)
                 if knob not in fields:
-                    raise ConfigError(f"search.{tuner}: {unknown_message('knob', knob, searchable_knobs(cls))}")
+                    raise ConfigError(f"search.{tuner}: {unknown_message('knob', knob, searchable)}")
+                if knob not in searchable:
+                    # The search sets every knob that is off to 0, and measures the all-zero trial as its anchor:
+                    # for any other field (lr, steps) 0 is no "off" but a broken run.
+                    raise ConfigError(
+                        f"search.{tuner}.{knob}: {knob} cannot be searched; a sweep searches the knobs whose 0 "
+                        f"switches a term off ({', '.join(searchable)}), each 0 or log-uniform in [low, high]. "
+                        f"Set {knob} for every trial instead: --set tuner_config.{tuner}.{knob}=VALUE"
+                    )
                 if len(bounds) != 2 or not 0 < bounds[0] < bounds[1]:
                     raise ConfigError(
                         f"search.{tuner}.{knob}={list(bounds)} must be [low, high] with 0 < low < high "
@@ -124,8 +144,23 @@ class SweepConfig:
                     )
                 if typing.get_type_hints(cls).get(knob) is int and not all(float(b).is_integer() for b in bounds):
                     raise ConfigError(f"search.{tuner}.{knob}={list(bounds)}: {knob} is an integer; give whole bounds")
-        if self.replicates < 1:
-            raise ConfigError(f"replicates={self.replicates} must be >= 1")
+        if not 1 <= self.replicates <= MAX_REPLICATES:
+            raise ConfigError(
+                f"replicates={self.replicates} must be in [1, {MAX_REPLICATES}]: each replicate is a whole tuner run "
+                "in every trial (3 to 5 are usual)"
+            )
+        if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
+            raise ConfigError(
+                f"num_samples={self.num_samples} must be in [1, {MAX_NUM_SAMPLES}] trials per tuner (the paper preset "
+                "runs 32); for more, run several sweeps"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed={self.seed} must be in [0, {MAX_SEED}] (numpy seeds are unsigned 32-bit)")
+        if self.ray_num_cpus is not None and self.ray_num_cpus < 1:
+            raise ConfigError(
+                f"ray_num_cpus={self.ray_num_cpus}: the embedded Ray needs at least 1 CPU (each trial reserves "
+                f"cpus_per_trial={self.cpus_per_trial:g}); set ray_num_cpus >= that, or null for every CPU here"
+            )
         if self.manual_prompts is not None and (not self.manual_prompts or not all(self.manual_prompts)):
             raise ConfigError(f"manual_prompts={list(self.manual_prompts)} must be a non-empty list of non-empty texts")
         configs = {t: make_config(get_tuner(t).config_cls, self.trial_values(t)) for t in self.runs()}
@@ -162,7 +197,7 @@ class SweepConfig:
             raise ConfigError(f"sampler={self.sampler!r} is not one of {SAMPLERS}")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries={self.max_retries} must be >= 0")
-        for key in ("num_samples", "max_concurrent", "checkpoint_every"):
+        for key in ("max_concurrent", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)} must be >= 1")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -237,17 +272,21 @@ def json_ready(value: Any) -> Any:
 def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mapping[str, Any]) -> SweepConfig:
     """Preset, then YAML file, then dotted overrides → a validated ``SweepConfig``."""
     from sweep.presets import PRESETS
-    from tuners.base import coerce
+    from tuners.base import DuplicateKeyError, coerce, load_yaml
 
     if preset not in PRESETS:
         raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))
     values = copy.deepcopy(PRESETS[preset])
     if config_file:
         path = Path(config_file)
+        if path.is_dir():
+            raise ConfigError(f"--config {config_file!r} is a folder; give the path of a YAML file of sweep fields")
         if not path.is_file():
             raise ConfigError(f"--config {config_file!r}: no such file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = load_yaml(path.read_text()) or {}
+        except DuplicateKeyError as err:
+            raise ConfigError(f"--config {config_file!r}: {err}") from err
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -278,28 +317,47 @@ def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mappin
         for tuner, entries in values.get(table, {}).items():
             if not isinstance(entries, dict):
                 raise ConfigError(f"{table}.{tuner}={entries!r} must be a table of key: value entries")
-    for tuner, knobs in values.get("search", {}).items():
-        for knob, bounds in knobs.items():
-            if not isinstance(bounds, (list, tuple)) or not all(_is_number(b) for b in bounds):
-                raise ConfigError(f"search.{tuner}.{knob}={bounds!r} must be [low, high], two numbers")
-    values["search"] = {t: {w: tuple(b) for w, b in s.items()} for t, s in (values.get("search") or {}).items()}
+    values["search"] = {
+        tuner: {knob: _bounds(f"search.{tuner}.{knob}", bounds) for knob, bounds in knobs.items()}
+        for tuner, knobs in (values.get("search") or {}).items()
+    }
     for key, value in list(values.items()):
         values[key] = coerce(key, value, hints[key])
     return SweepConfig(**values)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _bounds(key: str, bounds: Any) -> tuple[float, ...]:
+    """A search range as numbers. YAML 1.1 reads ``1e-3`` (no dot) as text; a bound can only mean the number."""
+    from tuners.base import coerce
+
+    if not isinstance(bounds, (list, tuple)):
+        raise ConfigError(f"{key}={bounds!r} must be [low, high], two numbers")
+    numbers = []
+    for bound in bounds:
+        try:
+            number = coerce(key, bound, float)
+        except ConfigError as err:
+            if "finite" in str(err):
+                raise ConfigError(f"{key}={list(bounds)}: bounds must be finite numbers") from err
+            raise ConfigError(f"{key}={list(bounds)} must be [low, high], two numbers") from err
+        # Whole numbers stay ints, so an integer knob's bounds read as given.
+        numbers.append(int(number) if isinstance(bound, int) else number)
+    return tuple(numbers)
 
 
 def _as_tuple(value: Any, key: str, *, split: bool = True) -> tuple:
     if isinstance(value, str):
-        if not split:
-            return (value,)
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    if isinstance(value, (list, tuple)):
-        return tuple(value)
-    raise ConfigError(f"{key}={value!r} must be a list")
+        items: tuple = (value,) if not split else tuple(v.strip() for v in value.split(",") if v.strip())
+    elif isinstance(value, (list, tuple)):
+        items = tuple(value)
+    else:
+        raise ConfigError(f"{key}={value!r} must be a list")
+    spaced = [item for item in items if split and isinstance(item, str) and len(item.split()) > 1]
+    if spaced:
+        # `--set tuners=pez soft` is one name with a space in it, not two names.
+        names = ", ".join(name for item in items for name in str(item).split())
+        raise ConfigError(f"{key}={value!r}: {spaced[0]!r} is not a name; separate names by commas: {key}=[{names}]")
+    return items
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any], *, where: str) -> None:
