@@ -37,11 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.exports import front_table_text, write_exports
     from sweep.preflight import check_out, check_tracking_uri
 
+    tracking_uri = args.tracking_uri
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_absolute():
+        # Exports run here, in this directory: a relative store path means the file beside it (a sweep needs an
+        # absolute one only because its trials run elsewhere).
+        tracking_uri = f"sqlite:///{Path(tracking_uri.removeprefix('sqlite:///')).resolve()}"
     try:
-        check_tracking_uri(args.tracking_uri)
+        # must_exist: a mistyped path is an error, not a new empty store that MLflow creates on first contact.
+        check_tracking_uri(tracking_uri, must_exist=True)
         out = Path(args.out).resolve()
         check_out(out)
-        parent = args.parent_run_id or mlflow_log.latest_parent(args.tracking_uri, args.experiment)
+        parent = args.parent_run_id or mlflow_log.latest_parent(tracking_uri, args.experiment)
         if args.objectives:
             objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
             for name in objectives:
@@ -50,16 +56,16 @@ def main(argv: list[str] | None = None) -> int:
             if len(objectives) < 2:
                 raise ConfigError(f"--objectives {args.objectives!r} needs at least 2 metrics for a Pareto front")
         else:
-            objectives = mlflow_log.parent_objectives(args.tracking_uri, parent)
-        table = mlflow_log.trials_table(args.tracking_uri, parent)
-        labels = mlflow_log.parent_labels(args.tracking_uri, parent)
+            objectives = mlflow_log.parent_objectives(tracking_uri, parent)
+        table = mlflow_log.trials_table(tracking_uri, parent)
+        labels = mlflow_log.parent_labels(tracking_uri, parent)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from sweep.report import collect_curves
 
-    curves = collect_curves(args.tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
-    header = _sweep_record(args.tracking_uri, parent, out)
+    curves = collect_curves(tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
+    header = _sweep_record(tracking_uri, parent, out)
     exported = write_exports(table, out, objectives, labels=labels, curves=curves, header=header)
     print(front_table_text(exported.table, exported.fronts))
     print(f"\nwrote {out}: {len(exported.table)} trials of sweep {parent}")

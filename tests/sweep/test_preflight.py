@@ -36,7 +36,7 @@ CASES = [
     (["--set", "tracking_uri=http://127.0.0.1:9"], "no MLflow server answered"),
     (["--set", "manual_prompts=[]"], "must be a non-empty list"),
     (["--set", "baselines=[no_prompt, manul]"], "Did you mean 'manual'?"),
-    (["--set", "replicates=0"], "replicates=0 must be >= 1"),
+    (["--set", "replicates=0"], "replicates=0 must be in [1, 100]"),
 ]
 
 
@@ -75,6 +75,42 @@ def test_export_cli_errors(tmp_path, capsys):
     assert export(["--tracking-uri", "bogus", "--experiment", "e", "--out", str(tmp_path)]) == 2
     assert "is not an MLflow store" in capsys.readouterr().err
     assert export([*args, "--experiment", "nothing"]) == 2
+    assert "no such MLflow store" in capsys.readouterr().err
+    assert not (tmp_path / "mlflow.db").exists()  # a mistyped store is reported, not created
+    import mlflow
+
+    mlflow.MlflowClient(uri).search_experiments()  # an empty store
+    assert export([*args, "--experiment", "nothing"]) == 2
     assert "no MLflow experiment named 'nothing'" in capsys.readouterr().err
     assert export([*args, "--experiment", "e", "--parent-run-id", "abc", "--objectives", "task/acc_dve,x"]) == 2
     assert "Did you mean 'task/acc_dev'?" in capsys.readouterr().err
+
+
+def test_free_space_counts_what_a_resumed_sweep_already_wrote(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import sweep.preflight as pf
+    from objectives.errors import ResourceError
+    from sweep.config import load_sweep_config
+
+    monkeypatch.delenv(pf.SKIP_SPACE_ENV, raising=False)
+    config = load_sweep_config("smoke", config_file=None, overrides={})
+    needed = int(pf.SPACE_SAFETY * pf.estimate_bytes(config, {"tiny-gpt2": 64}))
+    monkeypatch.setattr(pf.shutil, "disk_usage", lambda path: SimpleNamespace(free=needed - (1 << 20)))
+    with pytest.raises(ResourceError, match=r"needs about \d+ MB more .* but only \d+ MB are free .* choose an --out"):
+        pf.check_free_space(config, tmp_path / "out", {"tiny-gpt2": 64})
+    (tmp_path / "out").mkdir()
+    with (tmp_path / "out" / "mlflow.db").open("wb") as handle:
+        handle.truncate(2 << 20)  # sparse: 2 MB already written by the interrupted run, no disk used here
+    pf.check_free_space(config, tmp_path / "out", {"tiny-gpt2": 64})
+    monkeypatch.setattr(pf.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    monkeypatch.setenv(pf.SKIP_SPACE_ENV, "1")
+    pf.check_free_space(config, tmp_path / "out", {"tiny-gpt2": 64})
+
+
+def test_the_tiny_gpt2_sizes_the_preflight_reads_are_the_models():
+    from objectives.models import tiny_gpt2
+    from sweep.preflight import model_config
+
+    built, read = tiny_gpt2().config, model_config("tiny-gpt2")
+    assert (read.max_position_embeddings, read.hidden_size) == (built.max_position_embeddings, built.hidden_size)
