@@ -235,7 +235,9 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """``["k=v", ...]`` → dict, values read as YAML (``3``, ``0.1``, ``null``, ``[" a", " b"]``).
 
     Unquoted text is kept exactly as typed: YAML would strip ``prompt_text= It was`` to ``"It was"``, and the
-    leading space is part of the prompt (another token under BPE).
+    leading space is part of the prompt (another token under BPE). A key given by two pairs keeps the later value,
+    on purpose, as a repeated flag does (a script's command line can be extended to override it); a key given
+    twice inside one value (``problem={k_shot: 2, k_shot: 4}``) is an error.
     """
     out: dict[str, Any] = {}
     for pair in pairs:
