@@ -93,6 +93,19 @@ def test_nondominated_ranks_peel_fronts_and_keep_equal_rows_together():
     assert nondominated_ranks(points).tolist() == [0, 0, 1, 2, 0]
 
 
+def test_nondominated_ranks_agree_with_peeling_by_definition():
+    rng = np.random.default_rng(1)
+    for k in (2, 3):
+        points = rng.integers(0, 6, size=(40, k)).astype(float)  # small integers: many ties and duplicates
+        ranks, left, front = nondominated_ranks(points), np.arange(40), 0
+        while left.size:
+            sub = points[left]
+            dominated = ((sub[None] >= sub[:, None]).all(-1) & (sub[None] > sub[:, None]).any(-1)).any(1)
+            assert (ranks[left[~dominated]] == front).all()
+            left, front = left[dominated], front + 1
+        assert ranks.max() == front - 1
+
+
 def test_hypervolume_closed_forms_2d_3d_and_the_sweep_implementation():
     # Staircase (i, n+1-i), i = 1..n, against (0, 0): the steps add n, n-1, ..., 1.
     n = 7
