@@ -79,12 +79,15 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
     Without a soft prompt the faithfulness metrics are 0: a prompt that is discrete from the start is its
     own readable form. An empty ``prompt_ids`` scores the input alone (the no-prompt baseline).
     ``baseline/acc_{dev,test}`` (no prompt at all) come with every result, so that a reader of any table can
-    see whether a prompt beats having none.
+    see whether a prompt beats having none. Both prompts are taken to the LM's device first (a prompt restored
+    from a checkpoint arrives on the CPU); every tuner restores its state onto its model's device as well.
     """
     embeds = problem.lm.embeddings
     prompt_ids = prompt_ids.to(device=embeds.device, dtype=torch.long)
     discrete = embeds[prompt_ids].float()
-    prompts = discrete[None] if soft is None else torch.stack([discrete, soft.detach().float()])
+    if soft is not None:
+        soft = soft.detach().to(device=embeds.device, dtype=torch.float32)
+    prompts = discrete[None] if soft is None else torch.stack([discrete, soft])
     metrics: dict[str, float] = {}
     scores = {split: split_scores(problem, split, prompts) for split in ("train", "dev", "test")}
     for split, (acc, _) in scores.items():
@@ -98,8 +101,8 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
         acc_dev, ce_dev = scores["dev"]
         metrics["task/acc_dev_soft"] = float(acc_dev[1])
         metrics["task/acc_test_soft"] = float(scores["test"][0][1])
-        metrics["faith/dist"] = float(faith_dist(soft.detach().float(), embeds))
-        metrics["faith/output"] = _faith_output(problem, discrete, soft.detach().float())
+        metrics["faith/dist"] = float(faith_dist(soft, embeds))
+        metrics["faith/output"] = _faith_output(problem, discrete, soft)
         metrics["faith/perf"] = faith_perf(float(acc_dev[1]), float(acc_dev[0]))
         metrics["faith/perf_ce"] = faith_perf(float(ce_dev[1]), float(ce_dev[0]))
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}

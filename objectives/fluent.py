@@ -9,12 +9,16 @@ and every later one is conditioned on the prompt tokens before it. Conditioning 
 would exclude good suffix prompts by construction: after ``<|endoftext|>`` SmolLM2's top candidates are
 document openings, and `` My`` (the first token of " My rating: the film is") ranks in the thousands.
 
-- :func:`sample_prompts`: ``n`` prompts drawn from the LM (optionally from its top-k at each step), the
-  draws made on the CPU with an explicit generator so a seed gives the same prompts on any device.
+- :func:`sample_prompts`: ``n`` prompts drawn from the LM (optionally from its top-k at each step). The
+  randomness comes from an explicit CPU generator, so a seed gives the same prompts on any device, and is
+  drawn for the whole prompt up front (:func:`exponential_noise`), so the decode makes no host round trip per
+  token.
 - :func:`fluent_projection` / :func:`fluent_projections`: PEZ's nearest-token projection restricted, at each
   position, to the LM's top-k next tokens given the already projected tokens before it. ``k = 0`` or
   ``k >= V`` is the plain projection (``objectives.metrics.nearest_tokens``) exactly. An optional memo of
-  candidates per prefix lets a training run skip the LM for prefixes it has projected onto before.
+  candidates per prefix lets a training run skip the LM for prefixes it has projected onto before; with it the
+  walk over positions runs on the host (the memo's keys are host token ids), reading the device only once per
+  LM pass, never once per position.
 - :func:`next_token_ranks`: where each token of a prompt ranks among the LM's next-token candidates given its
   prefix; a prompt lies within the top-k when every rank is below ``k``.
 
@@ -24,13 +28,23 @@ embedding width.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 from objectives.metrics import NEAREST_METRICS, nearest_tokens
 from objectives.models import LanguageModel, start_token_id
 
-__all__ = ["CandidateMemo", "fluent_projection", "fluent_projections", "next_token_ranks", "sample_prompts"]
+__all__ = [
+    "CandidateMemo",
+    "exponential_noise",
+    "fluent_projection",
+    "fluent_projections",
+    "next_token_ranks",
+    "sample_prompts",
+    "sample_with_noise",
+]
 
 
 class _Decoder:
@@ -48,9 +62,9 @@ class _Decoder:
 
 
 def _head(lm: LanguageModel, hidden: torch.Tensor) -> torch.Tensor:
-    # The head runs outside autocast: bf16 logits tie often enough to make a top-k boundary arbitrary. Rows past
-    # the input vocabulary (padded heads) are not tokens a prompt can hold.
-    return lm.head(hidden.to(lm.embeddings.dtype)).float()[..., : lm.vocab_size]
+    # The head runs in fp32 (bf16 logits tie often enough to make a top-k boundary arbitrary). Rows past the
+    # input vocabulary (padded heads) are not tokens a prompt can hold.
+    return lm.head_logits(hidden)[..., : lm.vocab_size]
 
 
 def _start(lm: LanguageModel, n: int, start_id: int | None) -> torch.Tensor:
@@ -58,15 +72,39 @@ def _start(lm: LanguageModel, n: int, start_id: int | None) -> torch.Tensor:
     return torch.full((n, 1), first, dtype=torch.long, device=lm.device)
 
 
-def _draw(logits: torch.Tensor, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of ``logits`` ``(N, V)`` from its softmax, within the row's top ``top_k`` when given."""
+def exponential_noise(
+    generator: torch.Generator, steps: int, rows: int, width: int, device: torch.device
+) -> torch.Tensor:
+    """The randomness of ``steps`` rounds of ``torch.multinomial(probs, 1, generator=generator)`` on ``(rows,
+    width)`` CPU probabilities, drawn now, in the same order, and moved to ``device`` in one copy:
+    ``(steps, rows, width)``.
+
+    torch draws one sample as ``argmax(probs / q)`` with ``q ~ Exp(1)`` from ``empty_like(probs).exponential_``
+    (the Gumbel-max trick), so :func:`sample_with_noise` with step ``t``'s noise picks exactly what the ``t``-th
+    ``multinomial`` call would have, and leaves the generator where those calls would: a seed gives the same
+    prompts as before, and on any device, while the decode never waits on the host between tokens.
+    """
+    noise = torch.stack([torch.empty(rows, width).exponential_(1, generator=generator) for _ in range(steps)])
+    if device.type == "cuda":
+        # Pinned, so the copy does not wait for the device to drain the work queued before it.
+        return noise.pin_memory().to(device, non_blocking=True)
+    return noise.to(device)
+
+
+def sample_with_noise(probs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``probs`` ``(N, W)``, drawn with one step of :func:`exponential_noise` ``(N, W)``:
+    what ``torch.multinomial(probs, 1)`` draws, computed where ``probs`` are."""
+    return (probs / noise).argmax(dim=-1)
+
+
+def _draw(logits: torch.Tensor, top_k: int | None, noise: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``logits`` ``(N, V)`` from its softmax, within the row's top ``top_k`` when given;
+    ``noise`` is this step's ``(N, V or top_k)`` slice of :func:`exponential_noise`."""
     if top_k is None or top_k >= logits.shape[-1]:
-        probs = torch.softmax(logits, dim=-1).cpu()
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)
+        return sample_with_noise(torch.softmax(logits, dim=-1), noise)
     top = logits.topk(top_k, dim=-1)
-    probs = torch.softmax(top.values, dim=-1).cpu()
-    choice = torch.multinomial(probs, 1, generator=generator).to(logits.device)
-    return top.indices.gather(-1, choice).squeeze(-1)
+    choice = sample_with_noise(torch.softmax(top.values, dim=-1), noise)
+    return top.indices.gather(-1, choice[:, None]).squeeze(-1)
 
 
 @torch.no_grad()
@@ -100,9 +138,11 @@ def sample_prompts(
         raise ValueError(f"top_k={top_k} must be >= 1, or None for the whole vocabulary")
     decode = _Decoder(lm)
     tokens = _start(lm, n, start_id)
+    width = lm.vocab_size if top_k is None else min(top_k, lm.vocab_size)
+    noise = exponential_noise(generator, length, n, width, lm.device)
     out = []
-    for _ in range(length):
-        tokens = _draw(decode(tokens), top_k, generator)[:, None]
+    for t in range(length):
+        tokens = _draw(decode(tokens), top_k, noise[t])[:, None]
         out.append(tokens)
     return torch.cat(out, dim=1)
 
@@ -161,45 +201,107 @@ def fluent_projections(
     query = soft.detach().float()
     if metric == "cosine":
         query = F.normalize(query, dim=-1)
+    if memo is None:
+        return _project_on_device(lm, soft, query, k, start_id, metric)
+    return _project_with_memo(lm, soft, query, k, start_id, metric, memo)
+
+
+def _distance(query: torch.Tensor, rows: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distance of each prompt's vector ``(P, d)`` (normalised for cosine) to its candidates' rows ``(P, k, d)``."""
+    if metric == "cosine":
+        return 1.0 - torch.einsum("pd,pkd->pk", query, F.normalize(rows, dim=-1))
+    return torch.cdist(query[:, None], rows)[:, 0]
+
+
+def _project_on_device(
+    lm: LanguageModel, soft: torch.Tensor, query: torch.Tensor, k: int, start_id: int | None, metric: str
+) -> torch.Tensor:
+    """The projection without a memo: every position's candidates from one LM pass, all on the device."""
+    embeds = lm.embeddings
+    length = soft.shape[1]
     decode = _Decoder(lm)
     if start_id is None:
         seq = nearest_tokens(soft[:, 0].detach(), embeds, metric=metric)[0][:, None].to(lm.device)
         first = 1
     else:
-        seq = _start(lm, n_prompts, start_id)  # (P, 1 + i): the start token and the tokens chosen so far
+        seq = _start(lm, soft.shape[0], start_id)  # (P, 1 + i): the start token and the tokens chosen so far
         first = 0
+    query = query.to(lm.device)
     fed = 0  # how many of seq's columns the decoder's key/value cache holds
     for i in range(first, length):
-        candidates, fed = _candidates(decode, seq, fed, k, memo, start_id)
-        rows = embeds[candidates].float()  # (P, k, d)
-        if metric == "cosine":
-            distance = 1.0 - torch.einsum("pd,pkd->pk", query[:, i], F.normalize(rows, dim=-1))
-        else:
-            distance = torch.cdist(query[:, i, None], rows)[:, 0]
+        # Sorted ids, so the first of equal distances (argmin's pick) is the lowest id, as in nearest_tokens.
+        candidates = decode(seq[:, fed:]).topk(k, dim=-1).indices.sort(dim=-1).values
+        fed = seq.shape[1]
+        distance = _distance(query[:, i], embeds[candidates].float(), metric)
         seq = torch.cat([seq, candidates.gather(-1, distance.argmin(dim=-1, keepdim=True))], dim=1)
     return seq[:, -length:].to(soft.device)
 
 
-def _candidates(
-    decode: _Decoder, seq: torch.Tensor, fed: int, k: int, memo: CandidateMemo | None, start_id: int | None
-) -> tuple[torch.Tensor, int]:
-    """Top-``k`` next tokens ``(P, k)`` (ids sorted ascending) after each row of ``seq`` ``(P, T)``, and how many
-    columns the decoder holds afterwards. Only prefixes missing from ``memo`` make the LM run; it then catches up
-    on every column it has not seen in one pass (a pass reads all weights once, whatever its length)."""
+def _project_with_memo(
+    lm: LanguageModel,
+    soft: torch.Tensor,
+    query: torch.Tensor,
+    k: int,
+    start_id: int | None,
+    metric: str,
+    memo: CandidateMemo,
+) -> torch.Tensor:
+    """The projection with a memo of candidates per prefix, walked on the host: the memo's keys are token ids,
+    so the tokens chosen so far live on the host, the distances are computed there (a few ``k × d`` rows), and
+    the device is read once per LM pass (a prefix missing from the memo), never once per position."""
+    n_prompts, length, _ = soft.shape
+    host_query = query.cpu()
+    rows_of = _host_embeddings(lm)
+    decode = _Decoder(lm)
+    if start_id is None:
+        seq = [[t] for t in nearest_tokens(soft[:, 0].detach(), lm.embeddings, metric=metric)[0].tolist()]
+        first = 1
+    else:
+        seq = [[start_id] for _ in range(n_prompts)]  # the start token and the tokens chosen so far
+        first = 0
+    fed = 0  # how many of seq's columns the decoder's key/value cache holds
     # -1 marks "no start token", so one memo never mixes the two contexts.
-    rows = seq.tolist() if start_id is None else [row[1:] for row in seq.tolist()]
-    keys = [(-1 if start_id is None else start_id, k, *row) for row in rows] if memo is not None else []
-    if memo is not None and all(key in memo for key in keys):
-        return torch.stack([memo[key] for key in keys]), fed
-    # Sorted ids, so the first of equal distances (argmin's pick) is the lowest id, as in nearest_tokens.
-    computed = decode(seq[:, fed:]).topk(k, dim=-1).indices.sort(dim=-1).values
-    if memo is None:
-        return computed, seq.shape[1]
-    # A prefix met before keeps its first candidates, so repeated calls agree even where float noise between
-    # pass shapes could reorder a near-tie at the top-k boundary.
-    for key, row in zip(keys, computed, strict=True):
-        memo.setdefault(key, row)
-    return torch.stack([memo[key] for key in keys]), seq.shape[1]
+    context = -1 if start_id is None else start_id
+    skip = 0 if start_id is None else 1
+    for i in range(first, length):
+        keys = [(context, k, *row[skip:]) for row in seq]
+        if not all(key in memo for key in keys):
+            # The LM catches up on every column it has not seen in one pass (a pass reads all weights once,
+            # whatever its length).
+            tokens = torch.tensor([row[fed:] for row in seq], dtype=torch.long, device=lm.device)
+            # Sorted ids, so the first of equal distances (argmin's pick) is the lowest id, as in nearest_tokens.
+            computed = decode(tokens).topk(k, dim=-1).indices.sort(dim=-1).values.cpu()
+            fed = len(seq[0])
+            # A prefix met before keeps its first candidates, so repeated calls agree even where float noise
+            # between pass shapes could reorder a near-tie at the top-k boundary.
+            for key, row in zip(keys, computed, strict=True):
+                memo.setdefault(key, row)
+        chosen = _nearest_candidates_on_host(host_query[:, i], [memo[key] for key in keys], rows_of, metric)
+        for row, token in zip(seq, chosen, strict=True):
+            row.append(token)
+    return torch.tensor([row[-length:] for row in seq], dtype=torch.long).to(soft.device)
+
+
+def _nearest_candidates_on_host(
+    query: torch.Tensor, candidates: list[torch.Tensor], rows_of: torch.Tensor, metric: str
+) -> list[int]:
+    """For each prompt, the nearest of its candidate ids ``(k,)`` to its query ``(d,)``: host tensors in, host
+    ints out (``query`` ``(P, d)``, ``rows_of`` the host embedding matrix), so reading them waits on no device."""
+    stacked = torch.stack(candidates)  # (P, k)
+    distance = _distance(query, rows_of[stacked].float(), metric)
+    return stacked.gather(-1, distance.argmin(dim=-1, keepdim=True))[:, 0].tolist()
+
+
+_HOST_EMBEDDINGS: weakref.WeakKeyDictionary[torch.nn.Module, torch.Tensor] = weakref.WeakKeyDictionary()
+
+
+def _host_embeddings(lm: LanguageModel) -> torch.Tensor:
+    """The input embedding matrix on the host: the LM's own on the CPU, a copy made once per model elsewhere."""
+    if lm.embeddings.device.type == "cpu":
+        return lm.embeddings
+    if lm.model not in _HOST_EMBEDDINGS:
+        _HOST_EMBEDDINGS[lm.model] = lm.embeddings.detach().float().cpu()
+    return _HOST_EMBEDDINGS[lm.model]
 
 
 def fluent_projection(

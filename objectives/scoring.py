@@ -39,6 +39,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from objectives.memory import cache_budget, kv_bytes_per_token
 from objectives.models import LanguageModel
 
 TEMPLATES = ("suffix", "prefix")
@@ -133,7 +134,8 @@ class PromptScorer:
         chunk_size: the most examples per forward pass, bounding memory (``chunk_size // P`` with ``P``
             prompts where each (prompt, example) pair is its own sequence: ``prefix``, or an attention
             implementation without custom masks); also the most examples per chunk of the resident cache.
-        cache_budget_bytes: the most memory a resident cache may take.
+        cache_budget_bytes: the most memory a resident cache may take; ``None``: 512 MB, the default of
+            ``objectives.memory.cache_budget`` (which sizes it from a trial's share of its GPU).
     """
 
     def __init__(
@@ -145,7 +147,7 @@ class PromptScorer:
         verbalizer_ids: Sequence[int],
         use_cache: bool = True,
         chunk_size: int = 64,
-        cache_budget_bytes: float = 512e6,
+        cache_budget_bytes: float | None = None,
     ) -> None:
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r} is not one of {TEMPLATES}")
@@ -178,20 +180,20 @@ class PromptScorer:
         self._empty_known = [False] * self.n
         self._lock = threading.Lock()
         self._baseline_lock = threading.Lock()
+        if cache_budget_bytes is None:
+            cache_budget_bytes = cache_budget(lm.device)
+        self.cache_budget_bytes = float(cache_budget_bytes)
         self.cached = use_cache and template == "suffix" and self.cache_bytes() <= cache_budget_bytes
         self._chunk_kv: list[Layers] | None = None
         if self.cached:
             self._chunk_kv = [self._input_cache(chunk) for chunk in self._chunks]
 
     def cache_bytes(self) -> int:
-        """Memory the resident key/value cache of this split takes: each chunk padded to its own longest."""
-        config = self.lm.model.config.get_text_config()
-        heads = config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        itemsize = 2 if self.lm.device.type == "cuda" else self.lm.embeddings.element_size()
+        """Memory the resident key/value cache of this split takes: each chunk padded to its own longest, at the
+        element sizes the cache really gets (``objectives.memory.kv_bytes_per_token``: a rotary model's keys
+        stay fp32 under bf16 autocast)."""
         tokens = sum(len(chunk) * self._lengths[chunk[-1]] for chunk in self._chunks)
-        return tokens * config.num_hidden_layers * 2 * kv_heads * head_dim * itemsize
+        return tokens * kv_bytes_per_token(self.lm)
 
     def padded_cache(self) -> Layers:
         """The resident cache as one right-padded ``(N, kv_heads, T_max, head_dim)`` key/value pair per layer,
@@ -222,7 +224,7 @@ class PromptScorer:
         positions = torch.arange(ids.shape[1], device=ids.device).expand(len(rows), -1)
         with self.lm.autocast():
             out = self.lm.body(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=keep)
-            empty = self._verbalize(out.last_hidden_state[torch.arange(len(rows), device=ids.device), lengths - 1])
+        empty = self._verbalize(out.last_hidden_state[torch.arange(len(rows), device=ids.device), lengths - 1])
         with self._lock:
             index = torch.tensor(list(rows), device=self.lm.device)
             self._empty[index] = empty
@@ -244,18 +246,21 @@ class PromptScorer:
                 pieces[-1][1].append(slot)
             else:
                 pieces.append((c, [slot]))
+        # How each piece is read: a slice where its slots are contiguous (a view), else an index tensor, made
+        # once here and not per layer (a host-to-device copy per layer and piece).
+        reads: list[tuple[int, slice | torch.Tensor]] = []
+        for c, slots in pieces:
+            if slots == list(range(slots[0], slots[-1] + 1)):
+                reads.append((c, slice(slots[0], slots[-1] + 1)))
+            else:
+                reads.append((c, torch.tensor(slots, device=self.lm.device)))
         layers: Layers = []
         for layer in range(len(self._chunk_kv[0])):
             keys, values = [], []
-            for c, slots in pieces:
+            for c, index in reads:
                 k, v = self._chunk_kv[c][layer]
-                if slots == list(range(slots[0], slots[-1] + 1)):
-                    k, v = k[slots[0] : slots[-1] + 1], v[slots[0] : slots[-1] + 1]
-                else:
-                    index = torch.tensor(slots, device=k.device)
-                    k, v = k[index], v[index]
-                keys.append(_fit_width(k, width))
-                values.append(_fit_width(v, width))
+                keys.append(_fit_width(k[index], width))
+                values.append(_fit_width(v[index], width))
             layers.append((torch.cat(keys), torch.cat(values)) if len(keys) > 1 else (keys[0], values[0]))
         return layers
 
@@ -356,18 +361,16 @@ class PromptScorer:
                 layers = _cat_caches([self._input_cache(group) for group in groups])
             lengths = torch.tensor([self._lengths[r] for r in rows], device=self.lm.device)
             hidden = self._suffix_hidden(prompts, layers, lengths)  # (P, B, L, d)
-            with self.lm.autocast():
-                if full_vocab:
-                    mask = torch.ones(hidden.shape[:3], dtype=torch.long, device=hidden.device)
-                    return self.lm.head(hidden).float(), mask
-                return self._verbalize(hidden[:, :, -1])
-        hidden, mask = self._prefix_hidden(prompts, rows)  # (P, B, S, d), (P, B, S)
-        with self.lm.autocast():
             if full_vocab:
-                return self.lm.head(hidden).float(), mask
-            last = mask.sum(-1, keepdim=True) - 1  # (P, B, 1): the template's last real token
-            at = torch.gather(hidden, 2, last[..., None].expand(-1, -1, -1, hidden.shape[-1]))[:, :, 0]
-            return self._verbalize(at)
+                mask = torch.ones(hidden.shape[:3], dtype=torch.long, device=hidden.device)
+                return self.lm.head_logits(hidden), mask
+            return self._verbalize(hidden[:, :, -1])
+        hidden, mask = self._prefix_hidden(prompts, rows)  # (P, B, S, d), (P, B, S)
+        if full_vocab:
+            return self.lm.head_logits(hidden), mask
+        last = mask.sum(-1, keepdim=True) - 1  # (P, B, 1): the template's last real token
+        at = torch.gather(hidden, 2, last[..., None].expand(-1, -1, -1, hidden.shape[-1]))[:, :, 0]
+        return self._verbalize(at)
 
     def _suffix_hidden(self, prompts: torch.Tensor, layers: Layers, lengths: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(P, B, L, d)`` of ``P`` prompts ``(P, L, d)`` placed after each cached ``x``.
@@ -455,13 +458,9 @@ class PromptScorer:
         return [by_length[s:e] for s, e in _partition(lengths, self.chunk_size, self._call_tokens)]
 
     def _verbalize(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of the verbalizer tokens only, ``(..., d_model)`` → ``(..., C)`` fp32: the head's other rows
-        are never needed for classification, and skipping them saves a ``d × vocab`` product per example."""
-        logits = hidden @ self.lm.head.weight[self.verbalizer_ids].T
-        bias = getattr(self.lm.head, "bias", None)
-        if bias is not None:
-            logits = logits + bias[self.verbalizer_ids]
-        return logits.float()
+        """Logits of the verbalizer tokens only, ``(..., d_model)`` → ``(..., C)``, in fp32 on every device
+        (``LanguageModel.head_logits``): the head's other rows are never needed for classification."""
+        return self.lm.head_logits(hidden, self.verbalizer_ids)
 
     def uncached_suffix_logits(self, prompt: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The ``suffix`` template's verbalizer logits computed the slow way, ``x`` and prompt in one pass.
@@ -477,7 +476,7 @@ class PromptScorer:
         mask = torch.zeros(batch, width + length, dtype=torch.long, device=ids.device)
         rows_emb = []
         for i in range(batch):
-            n = int(lengths[i])
+            n = self._lengths[row_list[i]]
             rows_emb.append(torch.cat([x_embeds[i, :n], prompt, x_embeds.new_zeros(width - n, dim)]))
             mask[i, : n + length] = 1
         embeds = torch.stack(rows_emb)
@@ -541,6 +540,7 @@ def shared_scorer(
     verbalizer_ids: Sequence[int],
     use_cache: bool = True,
     chunk_size: int = 64,
+    cache_budget_bytes: float | None = None,
 ) -> PromptScorer:
     """The process's one ``PromptScorer`` for these texts on this LM, built on first use.
 
@@ -558,17 +558,25 @@ def shared_scorer(
         tuple(texts),
         use_cache,
         chunk_size,
+        cache_budget_bytes,
     )
     with _SCORERS_LOCK:
         if key not in _SCORERS:
             _SCORERS[key] = PromptScorer(
-                lm, texts, template=template, verbalizer_ids=verbalizer_ids, use_cache=use_cache, chunk_size=chunk_size
+                lm,
+                texts,
+                template=template,
+                verbalizer_ids=verbalizer_ids,
+                use_cache=use_cache,
+                chunk_size=chunk_size,
+                cache_budget_bytes=cache_budget_bytes,
             )
         return _SCORERS[key]
 
 
 def prompt_logits(lm: LanguageModel, prompt: torch.Tensor) -> torch.Tensor:
-    """The LM's logits over the prompt alone, ``(P, L, d_model)`` → ``(P, L, vocab)``, for ``interp/log_ppl``."""
+    """The LM's logits over the prompt alone, ``(P, L, d_model)`` → ``(P, L, vocab)`` fp32, for ``interp/log_ppl``
+    (its log-softmax then runs in fp32 too: ``objectives.metrics.token_nll``)."""
     with lm.autocast():
         hidden = lm.body(inputs_embeds=prompt).last_hidden_state
-        return lm.head(hidden).float()
+    return lm.head_logits(hidden)

@@ -54,3 +54,40 @@ def test_device_selection():
         assert select_device("auto") == torch.device("cpu")
         with pytest.raises(ValueError, match="CUDA is not available"):
             select_device("cuda")
+
+
+def test_cpu_models_stay_fp32(tiny_lm):
+    """The CPU keeps every weight fp32 and runs no autocast: CPU results stay what they were, bit for bit."""
+    assert tiny_lm.compute_dtype == torch.float32
+    assert {p.dtype for p in tiny_lm.model.parameters()} == {torch.float32}
+    with tiny_lm.autocast():
+        assert not torch.is_autocast_cpu_enabled()
+
+
+def test_deterministic_flag(monkeypatch):
+    from objectives.errors import UserError
+    from objectives.models import DETERMINISTIC_ENV, deterministic_requested
+
+    monkeypatch.delenv(DETERMINISTIC_ENV, raising=False)
+    assert not deterministic_requested()  # off by default
+    for value, expected in (("1", True), ("true", True), ("0", False), ("", False), ("off", False)):
+        monkeypatch.setenv(DETERMINISTIC_ENV, value)
+        assert deterministic_requested() is expected
+    monkeypatch.setenv(DETERMINISTIC_ENV, "maybe")
+    with pytest.raises(UserError, match="PROMPTSWEEP_DETERMINISTIC='maybe' is not a switch; set it to 1"):
+        deterministic_requested()
+
+
+def test_restored_state_follows_a_device_except_kept_keys():
+    from objectives.models import to_device
+
+    generator = torch.Generator().get_state()
+    state = {
+        "soft": torch.ones(2),
+        "best": {"payload": (torch.tensor([1, 2]), [torch.zeros(1)])},
+        "generator": generator,
+    }
+    moved = to_device(state, torch.device("meta"), keep=frozenset({"generator"}))
+    assert moved["soft"].device.type == "meta" and moved["generator"] is generator
+    ids, rest = moved["best"]["payload"]
+    assert ids.device.type == "meta" and rest[0].device.type == "meta"
