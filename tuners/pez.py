@@ -25,12 +25,21 @@ Initialisation (``init``): ``random`` vocabulary tokens from the seed (the origi
 top-``fluent_top_k`` when that is set).
 
 The shared loop also runs the ``soft`` baseline (``tuners/soft.py``), whose loss is taken at ``P̄``.
+
+Determinism: on the CPU a run is bitwise reproducible for its configuration (its seed draws the init and the
+batches; same torch and thread count), and a run resumed from a checkpoint ends where the uninterrupted one
+does. On CUDA it is reproducible only up to float noise: fused attention backward and atomics-based reductions
+vary run to run unless ``PROMPTSWEEP_DETERMINISTIC=1`` (``objectives/models.py``) switches torch to
+deterministic algorithms, and CPU and GPU results differ (other kernels, other reduction orders, a bf16 body).
+
+Host reads: a step reads the device once for its training rows (the scorer groups them on the host), once for
+the projection (the fluent projection's memo of host token ids, per LM pass) and once for a flag saying
+whether the loss and the prompt are finite; its loss values become numbers on reporting steps only.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,8 +49,9 @@ import torch
 from objectives.errors import check_finite
 from objectives.evaluation import evaluate, log_ppl
 from objectives.fluent import CandidateMemo, fluent_projection, sample_prompts
+from objectives.memory import out_of_memory_fails_the_trial
 from objectives.metrics import accuracy, faith_dist, task_ce, token_nll
-from objectives.models import LanguageModel, start_token_id
+from objectives.models import start_token_id, to_device
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
 from objectives.scoring import prompt_logits
 from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict, register
@@ -123,8 +133,22 @@ def train_prompt(
 
     With ``checkpoint``, the whole state (continuous prompt, optimiser, RNG, selection, history, step) is
     saved every ``checkpoint.every`` steps, and a run given a saved state continues to the result an
-    uninterrupted run would have reached. A loss that is not finite stops the run at its step.
+    uninterrupted run would have reached, on whatever device its model is now. A loss that is not finite stops
+    the run at its step (``DivergedError``); running out of device memory fails it with
+    ``objectives.memory.DeviceMemoryError``, which names the sizes and the fixes.
     """
+    with out_of_memory_fails_the_trial(config):
+        return _train_prompt(config, mode=mode, name=name, report=report, checkpoint=checkpoint)
+
+
+def _train_prompt(
+    config: PEZConfig,
+    *,
+    mode: str,
+    name: str,
+    report: Reporter | None,
+    checkpoint: Checkpointing | None,
+) -> PromptResult:
     start = time.perf_counter()
     problem = build_problem(config)
     lm = problem.lm
@@ -139,7 +163,12 @@ def train_prompt(
     history: list[tuple[int, dict[str, float]]] = []
     done, elapsed = 0, 0.0
     if checkpoint is not None and checkpoint.state is not None:
-        state = checkpoint.state
+        # The sweep loads checkpoints onto the CPU (map_location="cpu"): every restored tensor (the prompt, the
+        # kept candidate's ids and prompt) follows the model's device, or evaluate() would mix devices when no
+        # later candidate replaces the restored one. The generator's state stays a CPU byte tensor (the
+        # generator is a CPU one on every device), and the optimiser places its own state (its step counters
+        # stay on the CPU, where reading them costs no device round trip).
+        state = to_device(checkpoint.state, lm.device, keep=frozenset({"generator", "optimizer"}))
         with torch.no_grad():
             soft.copy_(state["soft"])
         optimizer.load_state_dict(state["optimizer"])
@@ -154,12 +183,15 @@ def train_prompt(
         optimizer.zero_grad(set_to_none=True)
         ce, nll = step_gradient(problem, config, soft, rows, mode=mode, memo=memo)
         optimizer.step()
-        # PEZ's loss is taken at a vocabulary row and stays finite; what diverges first is P̄ itself.
-        check_finite(step, loss=ce + config.lambda_ppl * nll, prompt_norm=float(soft.detach().norm()))
+        # PEZ's loss is taken at a vocabulary row and stays finite; what diverges first is P̄ itself. One flag
+        # read per step; the values only when one is not finite.
+        loss, norm = ce + config.lambda_ppl * nll, soft.detach().norm()
+        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+            check_finite(step, loss=float(loss), prompt_norm=float(norm))
 
         if step % config.eval_every == 0 or step == config.steps:
             metrics = _offer_candidate(problem, config, soft, mode, step, best, memo)
-            metrics.update({"train/ce": ce, "train/log_ppl": nll})
+            metrics.update({"train/ce": float(ce), "train/log_ppl": float(nll)})
             history.append((step, metrics))
             if report is not None:
                 report(step, metrics)
@@ -204,7 +236,8 @@ def initial_ids(problem: Problem, config: PEZConfig, generator: torch.Generator)
         return torch.randint(lm.vocab_size, (config.prompt_len,), generator=generator).to(lm.device)
     if config.init == "lm":
         top_k = config.fluent_top_k or None
-        return sample_prompts(lm, 1, config.prompt_len, generator=generator, top_k=top_k, start_id=_start_id(lm))[0]
+        start_id = start_token_id(lm.tokenizer)
+        return sample_prompts(lm, 1, config.prompt_len, generator=generator, top_k=top_k, start_id=start_id)[0]
     ids = lm.tokenizer.encode(config.init_text, add_special_tokens=False)  # as the scorer encodes texts
     if len(ids) != config.prompt_len:
         split = [lm.tokenizer.decode([i]) for i in ids]
@@ -227,12 +260,6 @@ def project(problem: Problem, config: PEZConfig, soft: torch.Tensor, memo: Candi
     return fluent_projection(problem.lm, soft.detach(), config.fluent_top_k, start_id=None, memo=memo)
 
 
-@functools.lru_cache(maxsize=16)
-def _start_id(lm: LanguageModel) -> int:
-    # Cached per model: start_token_id reads the whole vocabulary (~30 ms), and projection runs every step.
-    return start_token_id(lm.tokenizer)
-
-
 def step_gradient(
     problem: Problem,
     config: PEZConfig,
@@ -241,8 +268,9 @@ def step_gradient(
     *,
     mode: str,
     memo: CandidateMemo | None = None,
-) -> tuple[float, float]:
-    """Accumulate one step's gradient of the loss into ``soft.grad``; returns the batch's (ce, log_ppl).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate one step's gradient of the loss into ``soft.grad``; returns the batch's (ce, log_ppl) as
+    detached 0-d tensors on the model's device (numbers only where someone reads them).
 
     ``soft`` is the continuous prompt ``P̄`` ``(L, d_model)``, ``rows`` the training examples ``(B,)``, ``memo``
     the run's fluent candidates (see :func:`project`).
@@ -270,7 +298,7 @@ def step_gradient(
         if config.lambda_dist > 0:
             loss = loss + config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)
         loss.backward()
-    return float(ce.detach()), float(nll.detach())
+    return ce.detach(), nll.detach()
 
 
 def _nll(problem: Problem, prompt: torch.Tensor, ids: torch.Tensor, *, grad: bool) -> torch.Tensor:

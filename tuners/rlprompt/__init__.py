@@ -12,6 +12,7 @@ The registered tuner ``rlprompt`` runs ``RLPrompt(config).train(...)``.
 
 from __future__ import annotations
 
+from objectives.memory import out_of_memory_fails_the_trial
 from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.rlprompt.config import RLPromptConfig
 from tuners.rlprompt.trainer import CHECKPOINT_NAME, RLPrompt
@@ -32,9 +33,11 @@ class RLPromptTuner:
 
         With ``checkpoint``, the run's state goes to ``checkpoint.save`` every ``checkpoint.every`` steps and a
         given ``checkpoint.state`` is continued from. Raises ``objectives.errors.DivergedError`` at the first
-        step whose loss or reward is not finite.
+        step whose loss or reward is not finite, and ``objectives.memory.DeviceMemoryError`` (a ``UserError``
+        naming the sizes and the fixes) when the run does not fit its device's memory.
         """
-        return RLPrompt(config).train(report=report, checkpoint=checkpoint)
+        with out_of_memory_fails_the_trial(config):
+            return RLPrompt(config).train(report=report, checkpoint=checkpoint)
 
     def __repr__(self) -> str:
         return "RLPromptTuner()"

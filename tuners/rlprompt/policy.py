@@ -44,6 +44,7 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from objectives.fluent import exponential_noise, sample_with_noise
 from objectives.models import LanguageModel, start_token_id
 
 __all__ = ["PolicyMLP", "PromptPolicy", "Rollout", "sample_top_k", "start_token_id"]
@@ -189,8 +190,9 @@ class PromptPolicy:
 
     def _log_probs(self, lm: LanguageModel, hidden: torch.Tensor) -> torch.Tensor:
         """``lm``'s next-token log-probabilities over the shared vocabulary: ``(N, d)`` → ``(N, V)`` fp32.
-        The head runs outside autocast: bf16 logits tie often enough to make a top-k boundary arbitrary."""
-        return torch.log_softmax(lm.head(hidden.to(lm.embeddings.dtype)).float()[:, : self.n_actions], -1)
+        The head and the log-softmax run in fp32: bf16 logits tie often enough to make a top-k boundary
+        arbitrary, and ``interp/log_ppl`` read here must equal the final metric's."""
+        return torch.log_softmax(lm.head_logits(hidden)[:, : self.n_actions], -1)
 
     @torch.no_grad()
     def _start(self, lm: LanguageModel) -> _StartState:
@@ -245,6 +247,10 @@ class PromptPolicy:
         first rows of a sampled decode greedy all the same. ``with_log_ppl`` fills ``Rollout.log_ppl`` from
         the task LM, in the passes the decode makes anyway where it can (``None`` where the task LM's
         attention takes no custom mask: the caller then computes it itself).
+
+        The whole decode's randomness is drawn from ``generator`` before the first token
+        (``objectives.fluent.exponential_noise``, the draws ``sample_top_k`` would make token by token), so
+        no token waits on a host round trip; the tokens are the same as drawing them one at a time.
         """
         n = n_prompts
         device = self.lm.device
@@ -263,6 +269,10 @@ class PromptPolicy:
         start_task = self._log_probs(self.task_lm, self._start(self.task_lm).hidden) if fluent and not shared else None
         tokens = None
         nll = torch.zeros(n, device=device)
+        noise = None
+        if generator is not None:
+            n_choices = self.fluent_top_k or self.n_actions
+            noise = exponential_noise(generator, length, n, min(top_k or n_choices, n_choices), device)
         ids, hiddens, bases, action_sets, choices = [], [], [], [], []
         for t in range(length):
             if t == 0:
@@ -286,10 +296,10 @@ class PromptPolicy:
                 actions = (full if shared else task_full).topk(self.fluent_top_k, dim=-1).indices
                 base = full.gather(-1, actions)
             q = base + self.steer(mlp, hidden, actions)
-            if generator is None:
+            if noise is None:
                 choice = _argmax(q)
             else:
-                choice = sample_top_k(q, top_k or q.shape[-1], generator)
+                choice = sample_top_k(q, top_k or q.shape[-1], noise=noise[t])
                 if greedy_rows:
                     choice[:greedy_rows] = _argmax(q[:greedy_rows])
             token = choice if actions is None else actions.gather(-1, choice[:, None])[:, 0]
@@ -324,17 +334,24 @@ def _argmax(q: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(q, nan=float("-inf")).argmax(dim=-1)
 
 
-def sample_top_k(q: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def sample_top_k(
+    q: torch.Tensor, k: int, generator: torch.Generator | None = None, *, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """One action index per row of ``q`` ``(N, A)``, sampled from ``softmax(q)`` restricted to the row's top ``k``.
 
-    The draw happens on the CPU with ``generator``, so a seed gives the same prompts on any device. A row
-    without a finite distribution (a diverged policy: NaN or infinite Q-values) is drawn uniformly from its top
-    ``k``, so the decode completes and the trainer's finiteness check on the loss names the step.
+    The randomness is ``noise`` ``(N, min(k, A))`` (a step of ``objectives.fluent.exponential_noise``), or drawn
+    here from the CPU ``generator``: either way it comes from a CPU generator, so a seed gives the same prompts
+    on any device, and the draw equals ``torch.multinomial`` on the CPU with that generator. A row without a
+    finite distribution (a diverged policy: NaN or infinite Q-values) is drawn uniformly from its top ``k``, so
+    the decode completes and the trainer's finiteness check on the loss names the step.
     """
     top = q.topk(min(k, q.shape[-1]), dim=-1)
-    probs = torch.softmax(top.values.float(), dim=-1).cpu()
-    bad = ~torch.isfinite(probs).all(dim=-1)
-    if bool(bad.any()):
-        probs[bad] = 1.0 / probs.shape[-1]
-    choice = torch.multinomial(probs, 1, generator=generator).to(q.device)
-    return top.indices.gather(-1, choice).squeeze(-1)
+    probs = torch.softmax(top.values.float(), dim=-1)
+    # Selected on the device: a host check of the rows would cost a round trip per token.
+    probs = torch.where(torch.isfinite(probs).all(dim=-1, keepdim=True), probs, 1.0 / probs.shape[-1])
+    if noise is None:
+        if generator is None:
+            raise ValueError("sample_top_k needs a generator or noise")
+        noise = exponential_noise(generator, 1, probs.shape[0], probs.shape[1], probs.device)[0]
+    choice = sample_with_noise(probs, noise)
+    return top.indices.gather(-1, choice[:, None]).squeeze(-1)

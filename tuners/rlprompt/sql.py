@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from objectives.metrics import gap_reward, zscore
+from objectives.metrics import gap_reward
 
 
 def task_rewards(
@@ -48,11 +48,25 @@ def shape_reward(
     return (values - old_min) / (old_max - old_min) * (new_max - new_min) + new_min
 
 
+def zscore_on_device(values: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``objectives.metrics.zscore`` without reading a number back to the host: ``(P,)`` → ``(P,)``.
+
+    The same values (``(x - mean) / (std + eps)``, zeros when all are equal or there is one), with the
+    all-equal case chosen by ``torch.where`` on the device rather than by a host ``if``, which would wait for
+    the device once per training step.
+    """
+    if values.numel() <= 1:
+        return torch.zeros_like(values)
+    centred = values - values.mean()
+    scores = centred / (values.std(unbiased=False) + eps)
+    return torch.where((values == values.reshape(-1)[0]).all(), torch.zeros_like(scores), scores)
+
+
 def shaped_rewards(
     raw: torch.Tensor, *, old_min: float, old_max: float, new_min: float, new_max: float
 ) -> torch.Tensor:
     """What the SQL loss sees: ``raw`` ``(P,)`` z-scored across the step's prompts, then shaped."""
-    return shape_reward(zscore(raw), old_min=old_min, old_max=old_max, new_min=new_min, new_max=new_max)
+    return shape_reward(zscore_on_device(raw), old_min=old_min, old_max=old_max, new_min=new_min, new_max=new_max)
 
 
 def _advantages(q: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ import torch
 from objectives.errors import check_finite
 from objectives.evaluation import evaluate, log_ppl
 from objectives.metrics import accuracy, task_ce, zscore
-from objectives.models import LanguageModel, load_lm
+from objectives.models import LanguageModel, load_lm, to_device
 from objectives.problem import ConfigError, build_problem
 from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict
 from tuners.rlprompt.config import RLPromptConfig
@@ -104,6 +104,18 @@ class RLPrompt:
 
         Raises ``DivergedError`` (before any update) when the step's loss or mean reward is not finite.
         """
+        metrics = self._step(measure_ppl=measure_ppl, report=True)
+        assert metrics is not None
+        return {name: float(value) for name, value in metrics.items()}
+
+    def _step(self, *, measure_ppl: bool, report: bool) -> dict[str, torch.Tensor | float] | None:
+        """:meth:`train_step`, with its metrics left on the device (``None`` unless ``report``).
+
+        A step reads the device only where it must: the distinct prompts' count (``torch.unique``, to score
+        each once), the training rows (the scorer groups them by length on the host) and one flag per update
+        saying whether the loss and reward are finite (so a diverged step changes nothing and its error names
+        it). Its metrics stay tensors; ``train`` turns them into numbers on reporting steps only.
+        """
         config = self.config
         step = self.step + 1
         measure_ppl = measure_ppl or bool(config.lambda_ppl)
@@ -127,34 +139,41 @@ class RLPrompt:
         )
         with torch.no_grad():
             q_target = self.policy.q_values(self.target, rollout)
-        losses = []
+        mean_reward = raw.mean()
+        first_loss: torch.Tensor | None = None
         for _ in range(config.updates_per_step):
             loss = sql_loss(self.policy.q_values(self.mlp, rollout), q_target, rollout.choice, rewards)
-            losses.append(float(loss.detach()))
-            # Checked before the update: a diverged step changes nothing, and its error names it.
-            check_finite(step, loss=losses[-1], reward=float(raw.mean()))
+            if first_loss is None:
+                first_loss = loss.detach()
+            # Checked before the update, one flag read per update: a diverged step changes nothing, and its
+            # error names it.
+            if not bool(torch.isfinite(loss.detach()) & torch.isfinite(mean_reward)):
+                check_finite(step, loss=float(loss.detach()), reward=float(mean_reward))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.mlp.parameters(), config.grad_clip)
             self.optimizer.step()
         self.step = step
-        metrics = {
-            "train/reward": float(raw.mean()),
-            "train/reward_max": float(raw.max()),
-            "train/gap_reward": float(gap.mean()),
-            "train/acc": float(acc.mean()),
-            "train/loss": losses[0],
+        if not report:
+            return None
+        assert first_loss is not None
+        metrics: dict[str, torch.Tensor | float] = {
+            "train/reward": mean_reward,
+            "train/reward_max": raw.max(),
+            "train/gap_reward": gap.mean(),
+            "train/acc": acc.mean(),
+            "train/loss": first_loss,
             # Share of distinct prompts among the step's samples: near 1/P the policy has collapsed onto one
             # prompt, z-scored rewards are all 0 and learning stops.
             "train/distinct": len(torch.unique(rollout.ids, dim=0)) / len(rollout.ids),
         }
         if nll is not None:
-            metrics["train/log_ppl"] = float(nll.mean())
+            metrics["train/log_ppl"] = nll.mean()
         if config.include_greedy:
             # The greedy prompt's reward against the samples' (z-score units): > 0 when the policy's own choice
             # beats what it samples.
-            metrics["train/greedy_z"] = float(zscore(raw)[0])
+            metrics["train/greedy_z"] = zscore(raw)[0]
         return metrics
 
     def _train_rows(self) -> torch.Tensor:
@@ -252,8 +271,11 @@ class RLPrompt:
             self.untrained_acc = self._score_greedy()[1]
         for step in range(self.step + 1, config.steps + 1):
             due = step % config.eval_every == 0 or step == config.steps
-            metrics = self.train_step(measure_ppl=due)
+            # Host numbers on reporting steps only: a step that reports nothing never waits for its metrics.
+            on_device = self._step(measure_ppl=due, report=due)
             if due:
+                assert on_device is not None
+                metrics = {name: float(value) for name, value in on_device.items()}
                 metrics = {**metrics, **self.evaluate_dev()}
                 self.history.append((step, metrics))
                 logger.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
@@ -327,6 +349,10 @@ class RLPrompt:
                     f"the checkpoint was written with {key}={theirs!r} but this run has {key}={ours.get(key)!r}; "
                     "resume with the configuration the checkpoint was written with"
                 )
+        # The sweep loads checkpoints onto the CPU; every restored tensor follows the policy's device, except
+        # the generator's state (a CPU byte tensor: the generator is a CPU one on every device) and the
+        # optimiser's, which Adam places by its own rules (step counters stay on the CPU: no device reads).
+        state = to_device(state, self.policy.lm.device, keep=frozenset({"generator", "optimizer"}))
         self.mlp.load_state_dict(state["mlp"])
         self.target.load_state_dict(state["target_mlp"])
         self.optimizer.load_state_dict(state["optimizer"])
