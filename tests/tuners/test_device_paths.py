@@ -81,7 +81,9 @@ def test_a_restored_checkpoint_reaches_evaluate_on_the_model_device(name, device
     assert seen and all(d == lm_device for d in seen[-1])
     uninterrupted = tuner.run(config)
     assert resumed.prompt_ids == uninterrupted.prompt_ids
-    assert resumed.metrics == pytest.approx(uninterrupted.metrics, abs=1e-5)
+    # CUDA is not bitwise reproducible by default (objectives/models.py): the two runs' first steps may differ
+    # in float noise there.
+    assert resumed.metrics == pytest.approx(uninterrupted.metrics, abs=1e-5 if device == "cpu" else 1e-3)
 
 
 @pytest.mark.parametrize("name", TUNERS)

@@ -126,6 +126,19 @@ def test_sampling_stays_in_the_known_top_k_and_is_seeded(bigram):
     assert not within(draw(0, None))
 
 
+def test_up_front_noise_draws_what_multinomial_draws(bigram):
+    """sample_prompts draws a whole prompt's randomness before its first token; the tokens are those that
+    torch.multinomial would draw step by step with the same generator (and the generator ends where it would)."""
+    from objectives.fluent import exponential_noise, sample_with_noise
+
+    probs = torch.softmax(3 * torch.randn(5, 40, generator=torch.Generator().manual_seed(0)), dim=-1)
+    old, new = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    noise = exponential_noise(new, 4, 5, 40, torch.device("cpu"))
+    for step in range(4):
+        assert torch.equal(sample_with_noise(probs, noise[step]), torch.multinomial(probs, 1, generator=old)[:, 0])
+    assert torch.equal(new.get_state(), old.get_state())
+
+
 def test_ranks_of_the_known_candidates(bigram):
     first = ALLOWED[START][0]
     second = ALLOWED[first][2]

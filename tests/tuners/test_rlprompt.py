@@ -187,6 +187,26 @@ def test_sampling_stays_in_the_policy_top_k_and_greedy_is_argmax(tiny_lm):
     assert torch.equal(greedy.ids[0], policy.q_values(mlp, greedy)[0].argmax(-1))
 
 
+def test_sampling_draws_what_multinomial_draws_with_the_same_generator():
+    """The decode draws its randomness up front (no host round trip per token) and still picks, row by row and
+    step by step, what torch.multinomial on the CPU picks with the same generator: seeds keep their prompts."""
+    from tuners.rlprompt.policy import sample_top_k
+
+    def multinomial(q, k, generator):
+        top = q.topk(min(k, q.shape[-1]), dim=-1)
+        probs = torch.softmax(top.values.float(), dim=-1)
+        probs[~torch.isfinite(probs).all(dim=-1)] = 1.0 / probs.shape[-1]  # a diverged row: uniform
+        return top.indices.gather(-1, torch.multinomial(probs, 1, generator=generator)).squeeze(-1)
+
+    for seed in range(10):
+        q = 3 * torch.randn(8, 300, generator=torch.Generator().manual_seed(100 + seed))
+        q[2] = float("nan")
+        old, new = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        for k in (256, 7, 300, 1000):
+            assert torch.equal(sample_top_k(q, k, new), multinomial(q, k, old))
+        assert torch.equal(new.get_state(), old.get_state())
+
+
 @pytest.fixture(scope="module")
 def tiny_llama(tiny_llama_dir):
     """A policy LM distinct from the task LM, with the same vocabulary."""
