@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "rlprompt_last.pt"
 STATE_VERSION = 3
-# Fields a resumed run may change: where and how often it saves, how long it runs, where it runs.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_dir", "checkpoint_every", "device"})
+# Fields a resumed run may change: where and how often it saves, how long it runs, where it runs and how much of
+# its device's memory it may use (a retry may land on another device, or on a CPU-only worker).
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_dir", "checkpoint_every", "device", "gpu_share", "cache_budget_mb"})
 
 
 class RLPrompt:
