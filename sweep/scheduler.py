@@ -14,9 +14,9 @@ a single metric, as Syne Tune's MOASHA (Schmucker et al., 2021; Salinas et al., 
 no pause/promote round trip: (1) promotion-based ASHA holds a trial until enough others have reached the
 rung, which idles a worker or costs a checkpoint save, an actor teardown and a restore per promotion, where
 our trials already carry their own checkpoints for resume and a Tune pause would be a second, competing
-mechanism; (2) stopping-based is the default of Ray's ``ASHAScheduler`` and of Syne Tune's ``MOASHA``, and Li
-et al. report both variants perform about the same; (3) a decision is final the moment it is made, so it can
-be written down once and replayed after a driver kill (below).
+mechanism; (2) stopping-based is what Ray's ``ASHAScheduler`` and Syne Tune's ``MOASHA`` do; (3) a decision is
+final the moment it is made, so it can be written down once and replayed after a driver kill (below). The
+promotion-based variant was not built, so the two were not measured against each other.
 
 **The rule at a rung** (:func:`rung_decision`). With ``n`` trials recorded at the rung (the new one
 included), ``n_keep = floor(n / η)`` are admitted (:func:`n_admitted`). Values are signed to maximisation
