@@ -4,6 +4,7 @@ without it, measured side by side in one run.
     python benchmarks/pez_step.py                       # GPT-2-small-shaped model (124M, random weights)
     python benchmarks/pez_step.py --model smollm2-135m  # the demo's real LM
     python benchmarks/pez_step.py --model smollm2-135m --fluent-top-k 50 --skip-uncached
+    python benchmarks/pez_step.py --model smollm2-135m --device cuda --skip-uncached   # GPU: + peak memory
 
 All variants do the same PEZ step (project, task loss at the projection, gradient, AdamW update) on the
 same batch of the same examples (SST-2 16-shot from ``../shared/data`` when present, else Rotten Tomatoes):
@@ -22,7 +23,9 @@ without memo.
 
 Also printed: the bare compute floor of the work a cached step needs (forward+backward of the ``L``
 prompt positions against a fixed key/value cache through the model alone). Steps alternate between the
-variants so machine noise hits all alike; medians are reported.
+variants so machine noise hits all alike; medians are reported. On CUDA (``--device cuda``: the model as
+``load_lm`` holds it there, a bf16 body with an fp32 head) each timing waits for the device at both ends, and
+the peak memory each variant allocated is printed too.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from _common import bench_lm, bench_task
 
 from objectives.fluent import CandidateMemo, fluent_projection
 from objectives.metrics import nearest_tokens, task_ce
-from objectives.models import start_token_id
+from objectives.models import LanguageModel, cast_body, load_lm, start_token_id
 from objectives.scoring import PromptScorer
 from objectives.tasks import verbalizer_ids
 
@@ -50,12 +53,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fluent-top-k", type=int, default=50, help="k of the fluent variants")
     parser.add_argument("--skip-uncached", action="store_true", help="leave out the slow uncached variant")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    lm = bench_lm(args.model)
+    if args.model == "gpt2-shaped":
+        lm = _on_device(bench_lm(args.model), args.device)
+    else:
+        lm = load_lm(args.model, args.device)
+    device = lm.device
     task, _ = bench_task()
-    texts, labels = task.texts("train"), torch.tensor(task.labels("train"))
+    texts, labels = task.texts("train"), torch.tensor(task.labels("train"), device=device)
     vids = verbalizer_ids(lm.tokenizer, [" terrible", " great"])
     scorer = PromptScorer(lm, texts, template="suffix", verbalizer_ids=vids, use_cache=True)
     embeds = lm.embeddings
@@ -89,34 +97,41 @@ def main() -> None:
     # own, as a fluent run would (its gradient is taken at a different projection).
     plain, fluent, fluent_fresh = Run(False, False), Run(True, True), Run(True, False)
 
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     def step(run: Run, rows: torch.Tensor, cached: bool = True) -> float:
-        start = time.perf_counter()
+        start = clock()
         ids = run.project()
-        at = embeds[ids].clone().requires_grad_(True)
+        at = embeds[ids].float().clone().requires_grad_(True)
         logits = scorer.logits(at, rows) if cached else scorer.uncached_suffix_logits(at, rows)
-        (grad,) = torch.autograd.grad(task_ce(logits, labels[rows]), at)
+        (grad,) = torch.autograd.grad(task_ce(logits, labels[rows.to(device)]), at)
         run.opt.zero_grad()
         run.soft.grad = grad
         run.opt.step()
-        return time.perf_counter() - start
+        return clock() - start
 
     def projection(run: Run) -> float:
-        start = time.perf_counter()
+        start = clock()
         run.project()
-        return time.perf_counter() - start
+        return clock() - start
 
-    floor_kv = [(k[batches[0]], v[batches[0]]) for k, v in scorer._kv]  # the resident cache, read for the floor
+    # The resident cache, read for the floor.
+    floor_kv = [(k[batches[0].to(device)], v[batches[0].to(device)]) for k, v in scorer._kv]
 
     def floor() -> float:
         from transformers import DynamicCache
 
-        start = time.perf_counter()
-        x = torch.randn(args.batch, args.prompt_len, embeds.shape[1], requires_grad=True)
+        start = clock()
+        x = torch.randn(args.batch, args.prompt_len, embeds.shape[1], device=device, requires_grad=True)
         width = floor_kv[0][0].shape[2]
-        mask = torch.ones(args.batch, width + args.prompt_len, dtype=torch.long)
-        out = lm.body(inputs_embeds=x, attention_mask=mask, cache=DynamicCache(floor_kv), use_cache=True)
-        out.last_hidden_state[:, -1].sum().backward()
-        return time.perf_counter() - start
+        mask = torch.ones(args.batch, width + args.prompt_len, dtype=torch.long, device=device)
+        with lm.autocast():
+            out = lm.body(inputs_embeds=x, attention_mask=mask, cache=DynamicCache(floor_kv), use_cache=True)
+        out.last_hidden_state[:, -1].float().sum().backward()
+        return clock() - start
 
     variants = {
         "cached": lambda rows: step(plain, rows),
@@ -134,14 +149,26 @@ def main() -> None:
             run_variant(rows)
     fluent.passes.clear()
     times: dict[str, list[float]] = {name: [] for name in variants}
+    peaks: dict[str, int] = dict.fromkeys(variants, 0)
     for rows in batches[2:]:
         for name, run_variant in variants.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             times[name].append(run_variant(rows))
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], torch.cuda.max_memory_allocated(device))
     med = {name: statistics.median(v) for name, v in times.items()}
     print(
-        f"model={lm.spec} batch={args.batch} prompt_len={args.prompt_len} threads={args.threads} "
+        f"model={lm.spec} device={device} batch={args.batch} prompt_len={args.prompt_len} threads={args.threads} "
         f"examples: mean {statistics.mean(lengths):.1f} tokens, max {max(lengths)}; {args.steps} steps each"
     )
+    if device.type == "cuda":
+        mib = {name: peak / 2**20 for name, peak in peaks.items()}
+        print(
+            f"peak MiB allocated: cached step {mib['cached']:.0f}, fluent step {mib['fluent']:.0f}, "
+            f"fluent every prefix new {mib['fluent_fresh']:.0f}, floor {mib['floor']:.0f} "
+            f"(resident cache {scorer.cache_bytes() / 2**20:.0f} MiB)"
+        )
     if "uncached" in med:
         print(f"PEZ step, uncached (x + prompt, fwd+bwd): {med['uncached'] * 1000:8.1f} ms")
     print(f"PEZ step, frozen input cache:             {med['cached'] * 1000:8.1f} ms")
@@ -165,6 +192,17 @@ def main() -> None:
         f"projection alone: plain (nearest over V) {med['project_plain'] * 1000:.1f} ms; fluent, every prefix new "
         f"({args.prompt_len} one-token cached passes) {med['project_fluent_fresh'] * 1000:.1f} ms"
     )
+
+
+def _on_device(lm: LanguageModel, device: str) -> LanguageModel:
+    """``lm`` as ``load_lm`` holds it on ``device``: on CUDA its body's matrices cast to bf16 once."""
+    if device == "cpu":
+        return lm
+    model = lm.model.to(device)
+    moved = LanguageModel(spec=lm.spec, model=model, tokenizer=lm.tokenizer, device=torch.device(device))
+    if moved.device.type == "cuda":
+        cast_body(model, moved.compute_dtype or torch.float32)
+    return moved
 
 
 if __name__ == "__main__":

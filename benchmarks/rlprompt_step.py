@@ -3,6 +3,7 @@
     python benchmarks/rlprompt_step.py                          # the demo preset: SmolLM2-135M, Rotten Tomatoes
     python benchmarks/rlprompt_step.py --fluent-top-k 16        # the fluent restriction (sparse Q-values)
     python benchmarks/rlprompt_step.py --set prompts_per_step=16 --set batch_size=32
+    python benchmarks/rlprompt_step.py --device cuda                # on a GPU: phases wait for it; peak memory
 
 Two runs of the same configuration and seed share the model and the frozen input caches:
 
@@ -51,13 +52,21 @@ Times = dict[str, list[tuple[float, float]]]
 _OPEN: dict[int, dict[str, list[float]]] = {}
 
 
+def _sync() -> None:
+    """Wait for the GPU where one is in use: its work is queued, and a phase's time is when it is done."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 @contextmanager
 def timed(times: Times, name: str):
     """Add the wall and CPU time of the block to phase ``name`` of the current step of ``times``."""
+    _sync()
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
+        _sync()
         acc = _OPEN.setdefault(id(times), {}).setdefault(name, [0.0, 0.0])
         acc[0] += time.perf_counter() - wall
         acc[1] += time.process_time() - cpu
@@ -249,10 +258,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6, help="timed steps per variant (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the phases then wait for the GPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # A small test split: the benchmark never scores test, and its frozen pass would only lengthen the start.
-    values = {"device": "cpu", "n_test": 8, "fluent_top_k": args.fluent_top_k, **parse_overrides(args.overrides)}
+    values = {"device": args.device, "n_test": 8, "fluent_top_k": args.fluent_top_k}
+    values.update(parse_overrides(args.overrides))
     config = preset_config("rlprompt", args.preset, values)
     started = time.perf_counter()
     before_run, after_run = RLPrompt(config), RLPrompt(config)
@@ -269,9 +280,23 @@ def main() -> None:
     rollouts: list[Any] = []
     instrument(after_run, t_after, rollouts)
     first: tuple[dict[str, Any], dict[str, Any]] | None = None
+    cuda = torch.device(config.device).type == "cuda" if config.device != "auto" else torch.cuda.is_available()
+    peaks = {"before": 0, "after": 0}
+
+    def reset_peak() -> None:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+
+    def read_peak(which: str) -> None:
+        if cuda:
+            peaks[which] = max(peaks[which], torch.cuda.max_memory_allocated())
+
     for i in range(args.steps + 1):
+        reset_peak()
         with timed(t_before, "step total"):
             b = before_step(before_run, policy, t_before)
+        read_peak("before")
+        reset_peak()
         with timed(t_after, "step total"):
             _ACTIVE[0] = True
             try:
@@ -280,6 +305,7 @@ def main() -> None:
                 a = after_run.train_step(measure_ppl=i == 0 or (i + 1) % config.eval_every == 0)
             finally:
                 _ACTIVE[0] = False
+        read_peak("after")
         if i == 0:
             first = (b, {**a, "ids": rollouts[0].ids})
         with timed(t_before, "dev evaluation"):
@@ -294,8 +320,16 @@ def main() -> None:
     print(
         f"preset={args.preset} model={config.model} P={config.prompts_per_step} B={config.batch_size} "
         f"L={config.prompt_len} fluent_top_k={config.fluent_top_k} lambda_ppl={config.lambda_ppl} "
-        f"threads={args.threads}; build {build_s:.1f} s; medians of {args.steps} steps after 1 warm-up (ms)"
+        f"device={before_run.problem.lm.device} threads={args.threads}; build {build_s:.1f} s; medians of "
+        f"{args.steps} steps after 1 warm-up (ms)"
     )
+    if cuda:
+        print(
+            f"peak MiB allocated during a step: before {peaks['before'] / 2**20:.0f}, "
+            f"after {peaks['after'] / 2**20:.0f} "
+            f"(both runs' models and caches included); process total {torch.cuda.memory_reserved() / 2**20:.0f} "
+            "MiB reserved"
+        )
     if config.include_greedy:
         # The before step had no greedy row: its prompts and rewards differ from the first row on.
         print("first step: not compared (include_greedy: the after step rewards the greedy prompt among the samples;")
