@@ -33,6 +33,15 @@ REPLICATE_PROMPTS = "replicate_prompts"
 ATTEMPTS = "attempts"
 ERROR = "error"
 TUNE_RESULT = "tune_result.json"
+# A trial's configuration: its stable key (``sweep.search.trial_key``), Optuna's params and a fixed trial's
+# values, so a resumed sweep knows what each run measured without Tune's state.
+TRIAL_KEY = "promptsweep.trial_key"
+TRIAL_PARAMS = "promptsweep.params"
+TRIAL_FIXED = "promptsweep.fixed"
+# The checkpoint slot ("a" or "b") holding a trial's newest complete state; set only after the upload ends.
+CHECKPOINT = "promptsweep.checkpoint"
+_CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "trial_state.pt"
 # Per-step metrics: ``rep<i>/dev/acc`` etc. (and the older unprefixed ``dev/``, ``train/``); not final metrics.
 _HISTORY = re.compile(r"^(rep\d+/)?(dev|train)/")
 
@@ -113,9 +122,10 @@ def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class TrialRun:
     """A trial's child run, written from inside the Ray worker as the tuner reports.
 
-    One child run per Tune trial, whatever befalls it: an attempt that resumes the trial (a retry on another
-    worker, a resumed sweep) reopens the run the first attempt created (found by its ``trial_id`` tag) and
-    counts itself in the ``attempts`` tag.
+    One child run per configuration, whatever befalls it: an attempt that resumes it (a retry on another
+    worker, a resumed sweep's new Tune trial) reopens the run the first attempt created (found by its trial
+    key) and counts itself in the ``attempts`` tag. The run also holds the trial's checkpoints (two artifact
+    slots and a tag naming the newest complete one), so a retry on any node finds them through MLflow alone.
     """
 
     def __init__(
@@ -126,6 +136,8 @@ class TrialRun:
         parent_run_id: str,
         tuner: str,
         trial_id: str,
+        key: str,
+        suggestion: Mapping[str, Any],
         params: Mapping[str, Any],
         searched: Sequence[str],
         tags: Mapping[str, str],
@@ -135,10 +147,11 @@ class TrialRun:
         if existing is not None:
             self.run_id = existing.info.run_id
             self.attempts = int(existing.data.tags.get(ATTEMPTS, "1")) + 1
+            self.checkpoint_slot = existing.data.tags.get(CHECKPOINT)
             self.client.update_run(self.run_id, status="RUNNING")
             self.client.set_tag(self.run_id, ATTEMPTS, str(self.attempts))
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, value)
+            for name, value in tags.items():
+                self.client.set_tag(self.run_id, name, value)
             return
         run = self.client.create_run(
             experiment_id,
@@ -148,6 +161,9 @@ class TrialRun:
                 ROLE: "trial",
                 "tuner": tuner,
                 "trial_id": trial_id,
+                TRIAL_KEY: key,
+                TRIAL_PARAMS: json.dumps(dict(suggestion.get("params") or {}), sort_keys=True),
+                TRIAL_FIXED: json.dumps(dict(suggestion.get("fixed") or {}), sort_keys=True),
                 SEARCHED: json.dumps(list(searched)),
                 ATTEMPTS: "1",
                 **tags,
@@ -155,7 +171,36 @@ class TrialRun:
         )
         self.run_id = run.info.run_id
         self.attempts = 1
+        self.checkpoint_slot: str | None = None
         log_params(self.client, self.run_id, params)
+
+    def save_checkpoint(self, path: Path) -> None:
+        """Upload the state file ``path`` into the slot not holding the newest checkpoint, then point to it.
+
+        The tag moves only once the upload is whole, so a kill at any moment leaves the previous checkpoint
+        named and intact: no artifact store offers an atomic overwrite, two slots and a pointer give one.
+        """
+        slot = "b" if self.checkpoint_slot == "a" else "a"
+        self.client.log_artifact(self.run_id, str(path), artifact_path=f"{_CHECKPOINT_DIR}/{slot}")
+        self.client.set_tag(self.run_id, CHECKPOINT, slot)
+        self.checkpoint_slot = slot
+
+    def load_checkpoint(self, folder: Path) -> Path | None:
+        """Download the newest checkpoint's state file into ``folder``; None when the trial has none."""
+        if self.checkpoint_slot is None:
+            return None
+        local = self.client.download_artifacts(self.run_id, f"{_CHECKPOINT_DIR}/{self.checkpoint_slot}", str(folder))
+        return Path(local) / STATE_FILE
+
+    def drop_checkpoints(self) -> None:
+        """Delete a finished trial's checkpoints (an RLPrompt policy is megabytes, a sweep has hundreds)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repository = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri)
+            repository.delete_artifacts(_CHECKPOINT_DIR)
+        except Exception as err:  # the store may not support deletion; the result is kept either way
+            logger.warning("could not delete the checkpoints of run %s: %s", self.run_id, err)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -185,28 +230,49 @@ class TrialRun:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, error: BaseException, *, status: str = "FAILED") -> None:
+        """End the run: FAILED for a fault of the trial's own (final), KILLED for an interrupted attempt (a
+        later attempt or a resumed sweep continues it)."""
         self.client.set_tag(self.run_id, ERROR, f"{type(error).__name__}: {error}"[:5000])
         self.client.set_terminated(self.run_id, status)
 
 
-def find_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> Any:
-    """The child run of Tune trial ``trial_id`` in this sweep, or ``None`` when no attempt has started one."""
+def find_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, key: str) -> Any:
+    """The child run of the configuration ``key`` in this sweep, or ``None`` when no attempt has started one."""
     runs = _client(tracking_uri).search_runs(
         [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.trial_id = '{trial_id}'",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`{TRIAL_KEY}` = '{key}'",
         max_results=1,
     )
     return runs[0] if runs else None
 
 
-def tune_result(tracking_uri: str, run_id: str) -> dict[str, Any] | None:
-    """What a finished trial told Tune (``tune_result.json``), or ``None`` when it did not get that far."""
-    import mlflow
+def tune_result(tracking_uri: str, run: Any) -> dict[str, Any]:
+    """What a finished trial told Tune: its ``tune_result.json``, else rebuilt from the run's final metrics,
+    searched params and tags (the artifact store may have lost the file; the run's record is enough)."""
+    import tempfile
 
     try:
-        return dict(mlflow.artifacts.load_dict(f"runs:/{run_id}/{TUNE_RESULT}", tracking_uri=tracking_uri))
-    except Exception:  # any failure to read means: not there, so the trial runs
-        return None
+        with tempfile.TemporaryDirectory(prefix="promptsweep-result-") as folder:
+            local = _client(tracking_uri).download_artifacts(run.info.run_id, TUNE_RESULT, folder)
+            return dict(json.loads(Path(local).read_text()))
+    except Exception as err:  # unreadable: rebuilt below from what the run records
+        logger.warning("run %s: %s unreadable (%s); rebuilt from its metrics", run.info.run_id, TUNE_RESULT, err)
+    tags, params = run.data.tags, run.data.params
+    told: dict[str, Any] = {k: float(v) for k, v in run.data.metrics.items() if not is_history_metric(k)}
+    for weight in json.loads(tags.get(SEARCHED, "[]")):
+        if weight in params:
+            told[PARAM_PREFIX + weight] = float(params[weight])
+    told["prompt_text"] = tags.get("prompt_text", "")
+    told["mlflow_run_id"] = run.info.run_id
+    return told
+
+
+def trial_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
+    """Every trial run of a sweep (any status)."""
+    parent = _parent(tracking_uri, parent_run_id)
+    return _client(tracking_uri).search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=50000
+    )
 
 
 def close_running_children(tracking_uri: str, parent_run_id: str, *, reason: str) -> int:
@@ -248,16 +314,17 @@ def finish_parent(
     files: Sequence[Path],
     metrics: Mapping[str, float] | None = None,
     status: str = "FINISHED",
+    tags: Mapping[str, str] | None = None,
 ) -> None:
     """Close the parent run with the sweep's exports as artifacts and its sweep-level metrics (hypervolumes,
     shares of front points beating each baseline), so sweeps can be compared in the MLflow UI."""
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, RunTag
 
     client = _client(tracking_uri)
     now = int(time.time() * 1000)
     finite = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items() if math.isfinite(float(v))]
-    if finite:
-        client.log_batch(run_id, metrics=finite)
+    if finite or tags:
+        client.log_batch(run_id, metrics=finite, tags=[RunTag(k, v) for k, v in (tags or {}).items()])
     for path in files:
         if path.exists():
             client.log_artifact(run_id, str(path))

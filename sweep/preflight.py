@@ -99,13 +99,12 @@ def estimate_bytes(config: SweepConfig, hidden_sizes: dict[str, int | None]) -> 
     - per-step metrics, when the MLflow store is the default SQLite file in ``--out``:
       ``replicates x (steps / eval_every + 2) reports x _METRICS_PER_REPORT x _METRIC_ROW_BYTES``
       (a baseline reports once);
-    - its newest checkpoint, kept after it ends: ``_CHECKPOINT_BYTES_PER_PARAM`` per trained value, which is
-      ``prompt_len x d_model`` for PEZ and soft, plus ``2 x d_model x mlp_hidden`` for RLPrompt's policy MLP
-      (``d_model`` of the policy model); a baseline trains nothing;
-
     plus ``_FIXED_BYTES`` for the exports (report.html, figures, parquet, each twice with MLflow's copy),
-    optuna.db and Tune's experiment state, plus one more checkpoint of the largest kind for each of
-    ``max_concurrent`` running trials (Tune writes the new one before it deletes the old).
+    optuna.db and Tune's experiment state, plus two checkpoints of the largest kind for each of
+    ``max_concurrent`` running trials: a running trial keeps two checkpoint slots in its MLflow run (the newest
+    and the one being written) and deletes them when it ends. A checkpoint is ``_CHECKPOINT_BYTES_PER_PARAM``
+    per trained value, ``prompt_len x d_model`` for PEZ and soft, plus ``2 x d_model x mlp_hidden`` for
+    RLPrompt's policy MLP (``d_model`` of the policy model); a baseline trains nothing.
     ``hidden_sizes`` maps a model spec to its ``d_model`` (None: unknown, counted as 1024).
     """
     local_store = config.tracking_uri is None
@@ -127,8 +126,8 @@ def estimate_bytes(config: SweepConfig, hidden_sizes: dict[str, int | None]) -> 
                 params += 2 * (hidden_sizes.get(policy) or 1024) * tuner_config.mlp_hidden
             checkpoint = params * _CHECKPOINT_BYTES_PER_PARAM
         largest = max(largest, checkpoint)
-        total += count * (_PER_TRIAL_BYTES + rows * _METRIC_ROW_BYTES + checkpoint)
-    return total + config.max_concurrent * largest
+        total += count * (_PER_TRIAL_BYTES + rows * _METRIC_ROW_BYTES)
+    return total + config.max_concurrent * 2 * largest
 
 
 def check_free_space(config: SweepConfig, out: Path, hidden_sizes: dict[str, int | None]) -> None:

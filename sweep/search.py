@@ -52,14 +52,16 @@ loop. When a finite (integer-only) space is exhausted, that tuner stops early wi
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
+import json
 import logging
 import math
 import random
 import typing
 import warnings
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +79,22 @@ KNOBS_ON = "knobs_on"  # the categorical param naming the subset of knobs that i
 _JOIN = "+"
 FIXED_ATTR = "fixed"  # user attr of a fixed trial added to a study; its value names the configuration
 ZERO = "zero"
+DESIGN_ATTR = "design"  # user attr of a space-filling start point: its index in the design
+# Key of a trial's last result when the scheduler stopped it at a rung: the step it reached. Such a trial is
+# told to its study as PRUNED, never as a full-budget COMPLETE result.
+STOPPED_AT = "stopped_at_step"
+
+
+def trial_key(tuner: str, fixed: Mapping[str, Any], knobs: Mapping[str, Any]) -> str:
+    """A configuration's stable name across attempts and resumed sweeps (Tune's trial ids are per run).
+
+    Built from the tuner, a fixed trial's values and every knob's effective value (``knobs_from_params``), so
+    the driver, the trainable and a resumed sweep's ledger name one configuration alike.
+    """
+    # Knob values as floats: an integer knob reads 10 from Optuna and may read 10.0 elsewhere.
+    values = sorted((k, float(v)) for k, v in knobs.items())
+    text = json.dumps([tuner, sorted(fixed.items()), values], default=str)
+    return f"{tuner}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
 
 
 # ----- the space -------------------------------------------------------------------------------------------
@@ -286,7 +304,7 @@ class TunerSearch(OptunaSearch):
         self.ranges = {k: tuple(v) for k, v in ranges.items()}
         self.integer_knobs = frozenset(integer_knobs)
         self.budget = budget
-        self._start = [dict(p) for p in start]
+        self._start = [(i, dict(p)) for i, p in enumerate(start)]
         super().__init__(**kwargs)
 
     @property
@@ -302,13 +320,25 @@ class TunerSearch(OptunaSearch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._ot_study.set_metric_names(list(self._metric))
-        if self._ot_study.trials:
-            self._start = []  # an existing study (load_if_exists) already had its start
+        # A resumed sweep loads its study (load_if_exists): the design points it already enqueued are not
+        # enqueued again, the rest of the design still comes before the sampler's own suggestions.
+        used = {t.user_attrs.get(DESIGN_ATTR) for t in self._ot_study.get_trials(deepcopy=False)}
+        self._start = [(i, p) for i, p in self._start if i not in used]
 
     def suggest(self, trial_id: str) -> dict | None:
         if self._start:
-            self._ot_study.enqueue_trial(self._start.pop(0), skip_if_exists=False)
+            index, params = self._start.pop(0)
+            self._ot_study.enqueue_trial(params, user_attrs={DESIGN_ATTR: index}, skip_if_exists=False)
         return super().suggest(trial_id)
+
+    def reattach(self, trial_id: str, number: int) -> dict[str, Any]:
+        """Hand the study's RUNNING trial ``number`` (one a lost driver had started) to Tune trial ``trial_id``:
+        when it completes, that same study trial is told. Returns its params."""
+        storage = self._ot_study._storage
+        storage_id = storage.get_trial_id_from_study_id_trial_number(self._ot_study._study_id, number)
+        trial = optuna.Trial(self._ot_study, storage_id)
+        self._ot_trials[trial_id] = trial
+        return dict(storage.get_trial(storage_id).params)
 
     def suggest_params(self, trial_id: str, params: Mapping[str, Any]) -> dict | None:
         """A trial with exactly ``params`` (enqueued, so the study records it as an ordinary trial)."""
@@ -329,13 +359,29 @@ class TunerSearch(OptunaSearch):
         return [float(v) for v in values]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and result is not None and self.values(result) is None:
+        if not error and result is not None and result.get(STOPPED_AT) is not None:
+            # Stopped at a rung: its values are not a full-budget result. No result and no error is PRUNED.
+            result = None
+        elif not error and result is not None and self.values(result) is None:
             logger.warning("trial %s reported no finite %s; told to Optuna as FAIL", trial_id, self._metric)
             result, error = None, True
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def fixed_number(self, label: str) -> int | None:
+        """The study number of the fixed trial ``label``, when the study has one."""
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if trial.user_attrs.get(FIXED_ATTR) == label:
+                return trial.number
+        return None
+
     def add_fixed(self, values: Sequence[float], *, label: str, tune_trial_id: str) -> int:
-        """Add a fixed trial's result as a COMPLETE trial with no params; returns its study number."""
+        """Add a fixed trial's result as a COMPLETE trial with no params; returns its study number.
+
+        Once per label: a resumed sweep that learns the same result again gets the number it already has.
+        """
+        known = self.fixed_number(label)
+        if known is not None:
+            return known
         self._ot_study.add_trial(
             optuna.trial.create_trial(
                 values=list(values),
@@ -345,6 +391,20 @@ class TunerSearch(OptunaSearch):
             )
         )
         return self._ot_study.get_trials(deepcopy=False)[-1].number
+
+    def add_fixed_failure(self, *, label: str, tune_trial_id: str) -> None:
+        """Record that a fixed trial failed, as a FAIL trial with no params (counted nowhere, but in the study's
+        record), once per label."""
+        if any(t.user_attrs.get(FIXED_ATTR) == label for t in self._ot_study.get_trials(deepcopy=False)):
+            return
+        self._ot_study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.FAIL,
+                params={},
+                distributions={},
+                user_attrs={FIXED_ATTR: label, "tune_trial_id": tune_trial_id},
+            )
+        )
 
     def discard(self, trial_id: str, *, duplicate_of: int | None, duplicate_of_tune_trial: str) -> None:
         """Finish a probe that repeats a measured configuration as FAIL, so it counts nowhere."""
@@ -415,9 +475,32 @@ def sampled_budget(num_samples: int, fixed: Sequence[Mapping[str, Any]] = ()) ->
 @dataclass(frozen=True)
 class _Pending:
     tuner: str
-    key: tuple
+    key: str
     probe: str | None  # the id the tuner's searcher knows the trial by; None for a fixed trial
     fixed: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A configuration a lost driver had started and not finished: a resumed sweep runs it again first (the
+    trial continues from its own checkpoint)."""
+
+    params: dict[str, Any]  # Optuna's params; {} for a fixed trial
+    fixed: dict[str, Any]
+    number: int | None = None  # the study's still RUNNING trial to tell when it ends; None: a new study trial
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What one tuner of a resumed sweep already has, read from MLflow and its study (``sweep/ledger.py``).
+
+    ``done`` maps the trial key of every configuration with a final outcome (finished, stopped at a rung,
+    failed by itself) to its study number (None for a fixed trial outside the study); each counts against the
+    tuner's budget and is never run again. ``unfinished`` run before anything new is drawn.
+    """
+
+    done: dict[str, int | None] = field(default_factory=dict)
+    unfinished: tuple[Unfinished, ...] = ()
 
 
 class MultiTunerSearch(Searcher):
@@ -447,14 +530,25 @@ class MultiTunerSearch(Searcher):
         knobs: Mapping[str, Sequence[str]],
         num_samples: int,
         seed: int = 0,
+        resumed: Mapping[str, Resumed] | None = None,
     ) -> None:
         super().__init__(metric=None, mode=None)
         fixed = dict(fixed or {})
+        resumed = dict(resumed or {})
         self._searchers = dict(searchers)
         self._tuners = list(dict.fromkeys([*self._searchers, *fixed]))
         self._knobs = {name: tuple(knobs.get(name, ())) for name in self._tuners}
+        self._integer = {
+            name: self._searchers[name].integer_knobs if name in self._searchers else frozenset()
+            for name in self._tuners
+        }
         self._fixed: dict[str, list[dict[str, Any]]] = {}
         self._left: dict[str, int] = {}
+        self._unfinished: dict[str, list[Unfinished]] = {}
+        # trial key -> (Tune trial id, study number or None) of every configuration measured or in flight, so
+        # none runs twice
+        self._measured: dict[str, tuple[str, int | None]] = {}
+        self.dropped: dict[str, int] = {}  # trials of a tuner whose space ran out of unmeasured configurations
         for name in self._tuners:
             searched = name in self._searchers
             trials = fixed_trials(fixed.get(name, ()), searched=searched)
@@ -483,12 +577,18 @@ class MultiTunerSearch(Searcher):
                 if not trials:
                     raise ValueError(f"tuner {name!r} has neither a searcher nor fixed trials")
                 self._left[name] = len(trials)
-            self._fixed[name] = trials
-        self.total_trials = sum(self._left.values())  # Tune's ``num_samples`` for the whole sweep
+            before = resumed.get(name, Resumed())
+            for key, number in before.done.items():
+                self._measured[key] = ("", number)
+            self._left[name] = max(0, self._left[name] - len(before.done))
+            # Fixed trials left to run, those a lost driver had started first.
+            started = [u.fixed for u in before.unfinished if not u.params]
+            left = [c for c in trials if self._key(name, c, {}) not in before.done]
+            self._fixed[name] = [c for c in left if c in started] + [c for c in left if c not in started]
+            self._unfinished[name] = [u for u in before.unfinished if u.params]
+        self.done_before = sum(len(r.done) for r in resumed.values())  # configurations a resumed sweep keeps
+        self.total_trials = sum(self._left.values())  # Tune's ``num_samples`` for this run of the sweep
         self._owner: dict[str, _Pending] = {}  # Tune trial id -> what it is
-        # (tuner, fixed items, knob items) -> (Tune trial id, study number or None) of every configuration
-        # measured or in flight, so none runs twice
-        self._measured: dict[tuple, tuple[str, int | None]] = {}
         self._rng = random.Random(seed)
         self._turn = 0
         self.redraws = 0  # sampler proposals answered "already measured"
@@ -496,25 +596,33 @@ class MultiTunerSearch(Searcher):
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
         return True  # every inner searcher was built with its own objectives and space
 
-    def _key(self, name: str, fixed: Mapping[str, Any], params: Mapping[str, Any]) -> tuple:
-        knobs = knobs_from_params(params, self._knobs[name])
-        return (name, tuple(sorted(fixed.items())), tuple(sorted(knobs.items())))
+    def _key(self, name: str, fixed: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+        return trial_key(name, fixed, knobs_from_params(params, self._knobs[name], self._integer[name]))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for offset in range(len(self._tuners)):
             name = self._tuners[(self._turn + offset) % len(self._tuners)]
             if self._left[name] <= 0:
                 continue
-            if self._fixed[name]:
-                config = self._fixed[name].pop(0)
-                params: dict[str, Any] = {}
-                probe = None
+            params: dict[str, Any]
+            probe: str | None
+            if self._unfinished[name]:
+                # A configuration a lost driver had started: the same study trial where it is still RUNNING.
+                unfinished = self._unfinished[name].pop(0)
+                searcher = self._searchers[name]
+                if unfinished.number is not None:
+                    params = searcher.reattach(trial_id, unfinished.number)
+                else:
+                    params = searcher.suggest_params(trial_id, unfinished.params) or dict(unfinished.params)
+                config, probe = {}, trial_id
+            elif self._fixed[name]:
+                config, params, probe = self._fixed[name].pop(0), {}, None
             else:
                 drawn, probe = self._suggest_new(name, trial_id)
                 if drawn == self.FINISHED:
                     self._left[name] = 0
                     continue
-                if drawn is None:
+                if not isinstance(drawn, dict):
                     continue  # that searcher has nothing right now; the next tuner's turn
                 config, params = {}, drawn
             self._turn = (self._turn + offset + 1) % len(self._tuners)
@@ -552,6 +660,7 @@ class MultiTunerSearch(Searcher):
             name,
             self._left[name],
         )
+        self.dropped[name] = self.dropped.get(name, 0) + self._left[name]
         return self.FINISHED, trial_id
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -575,6 +684,8 @@ class MultiTunerSearch(Searcher):
             # The zero configuration: the study learns it once, as a param-less trial (module docstring).
             number = searcher.add_fixed(values, label=ZERO, tune_trial_id=trial_id)
             self._measured[pending.key] = (trial_id, number)
+        elif searcher is not None and not pending.fixed:
+            searcher.add_fixed_failure(label=ZERO, tune_trial_id=trial_id)
 
     def save(self, checkpoint_path: str) -> None:
         import pickle

@@ -2,43 +2,46 @@
 on the sweep's replicates.
 
 The tuner knows nothing of Ray or MLflow; its ``report`` callback is adapted here to the trial's MLflow
-child run (per-step metrics under ``rep<i>/``) and its ``Checkpointing`` to Tune checkpoints. Tune is told
-once, at the end, with the replicate means (and their spreads): Optuna only learns a trial's last result,
-so that result must carry the final objectives.
+child run (per-step metrics under ``rep<i>/``) and its ``Checkpointing`` to checkpoints kept in that run
+(``TrialRun.save_checkpoint``), not Tune's: Tune's experiment state is saved every few seconds and not
+atomically, and a checkpoint it still names may already be deleted when the driver dies. A configuration
+is named by its trial key (``sweep.search.trial_key``), the same in every attempt and resumed sweep. Tune is
+told once, at the end, with the replicate means (and their spreads): Optuna only learns a trial's last
+result, so that result must carry the final objectives.
 
 What befalls a trial:
 
-- its worker dies (preemption, OOM kill): Tune retries it (``FailureConfig``) from its last checkpoint, on
-  any node; the new attempt reopens the same MLflow run;
-- the sweep's driver dies and the sweep is resumed: a trial that had finished (its MLflow run FINISHED) is
-  not run again, Tune is told what it measured; an unfinished one continues from its last checkpoint;
-- it fails by itself (a bad value, a loss that became NaN): the run is FAILED with the reason, the search is
-  told the trial failed (no finite objectives), and Tune does not retry what would fail the same way.
+- its worker dies (preemption, OOM kill) or the machine fails it (a full disk, a tracking server away): the
+  attempt is KILLED, Tune retries it (``FailureConfig``) on any node, and the new attempt reopens the same
+  MLflow run and continues from its newest checkpoint;
+- the sweep's driver dies and the sweep is resumed: a configuration that had finished (its MLflow run
+  FINISHED) is not run again; an unfinished one continues from its newest checkpoint;
+- it fails by itself (a bad value, a loss that became NaN, an overflow): the run is FAILED with the reason,
+  the search is told the trial failed (no finite objectives), and nothing retries what would fail the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from objectives.errors import DivergedError, UserError
-from sweep import mlflow_log
+from sweep import failpoints, mlflow_log
 from sweep.mlflow_log import TrialRun
-from sweep.search import knobs_from_params
+from sweep.search import knobs_from_params, trial_key
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
 from tuners.replicates import run_replicates
 
 logger = logging.getLogger(__name__)
-
-STATE_FILE = "trial_state.pt"
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,13 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
     context = contexts[config["tuner"]]
     tuner = get_tuner(context.tuner)
     weights = knobs_from_params(config.get("params", {}), context.weights, context.integer_knobs)
+    key = trial_key(context.tuner, config.get("fixed", {}), weights)
     trial_id = tune.get_context().get_trial_id() or "local"
-    existing = mlflow_log.find_trial_run(context.tracking_uri, context.experiment_id, context.parent_run_id, trial_id)
+    existing = mlflow_log.find_trial_run(context.tracking_uri, context.experiment_id, context.parent_run_id, key)
     if existing is not None and existing.info.status == "FINISHED":
-        told = mlflow_log.tune_result(context.tracking_uri, existing.info.run_id)
-        if told is not None:
-            logger.info("trial %s finished before the sweep was interrupted; not run again", trial_id)
-            tune.report(told)
-            return
+        logger.info("trial %s (%s) finished before the sweep was interrupted; not run again", trial_id, key)
+        tune.report({**mlflow_log.tune_result(context.tracking_uri, existing), "trial_key": key})
+        return
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
     tags = {
         **context.tags,
@@ -93,40 +95,45 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
             parent_run_id=context.parent_run_id,
             tuner=context.tuner,
             trial_id=trial_id,
+            key=key,
+            suggestion=config,
             params={k: list(v) if isinstance(v, tuple) else v for k, v in vars(tuner_config).items()},
             searched=context.weights,
             tags=tags,
             existing=existing,
         )
-        state = _restore()
+        state = _restore(run)
         if state is not None:
             logger.info("trial %s resumes from its checkpoint (attempt %d)", trial_id, run.attempts)
-        checkpoint = Checkpointing(every=context.checkpoint_every, save=_save, state=state)
+        checkpoint = Checkpointing(every=context.checkpoint_every, save=functools.partial(_save, run), state=state)
 
         def report(replicate: int, step: int, metrics: Mapping[str, float]) -> None:
             run.log_metrics({f"rep{replicate}/{k}": v for k, v in metrics.items()}, step)
 
         result = run_replicates(tuner, tuner_config, context.replicates, report=report, checkpoint=checkpoint)
-    except (UserError, DivergedError) as err:
-        # Fails by itself: recorded, told to the search as a failure, not retried.
-        logger.error("trial %s failed: %s", trial_id, err)
-        if run is not None:
-            run.fail(err)
-        tune.report(_failed(context, err, run))
-        return
     except (KeyboardInterrupt, SystemExit) as err:
         # Tune stopping the trial (the sweep was interrupted): resumable, not a failure of the trial.
         if run is not None:
             run.fail(err, status="KILLED")
         raise
-    except BaseException as err:
+    except Exception as err:
+        if is_infrastructure_fault(err):
+            # Not the trial's fault (a full disk, a tracking server away): the attempt is interrupted, Tune
+            # retries it (from its checkpoint) and a resumed sweep continues it.
+            if run is not None:
+                _quietly(run.fail, err, status="KILLED")
+            raise
+        # Fails by itself (a bad value, a loss that became NaN, an overflow, an index out of range): recorded,
+        # told to the search as a failure, not retried (it would fail the same way).
+        logger.error("trial %s failed: %s: %s", trial_id, type(err).__name__, err)
         if run is not None:
             run.fail(err)
-        raise
+        tune.report(_failed(context, err, run, key))
+        return
     prompt = result.prompt
     told = {
         **result.metrics,
-        **{f"param/{w}": v for w, v in weights.items()},
+        **{f"{mlflow_log.PARAM_PREFIX}{w}": v for w, v in weights.items()},
         "prompt_text": prompt.prompt_text,
         "mlflow_run_id": run.run_id,
         "wall_s": result.wall_s,
@@ -139,35 +146,65 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
         tune_result=told,
         replicate_prompts=result.prompt_texts,
     )
-    tune.report(told)
+    failpoints.hit("trial_finished")
+    run.drop_checkpoints()
+    tune.report({**told, "trial_key": key})
 
 
-def _failed(context: TrialContext, err: BaseException, run: TrialRun | None) -> dict[str, Any]:
+def is_infrastructure_fault(err: BaseException) -> bool:
+    """Whether ``err`` comes from the machine or the services around the trial rather than from the trial.
+
+    OS errors (a full disk, a lost connection), MLflow's and Ray's own errors, and torch's failed file writes
+    (torch raises them as RuntimeError) are; anything else raised by the tuner (ValueError, IndexError, an
+    overflow's RuntimeError, ``UserError``, ``DivergedError``) is the trial's own.
+    """
+    from mlflow.exceptions import MlflowException
+    from ray.exceptions import RayError
+
+    if isinstance(err, (UserError, DivergedError)):
+        return False
+    if isinstance(err, (OSError, MlflowException, RayError)):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("write failed" in text or "No space left" in text)
+
+
+def _quietly(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Record what can be recorded while the infrastructure is failing; the original error is what counts."""
+    try:
+        call(*args, **kwargs)
+    except Exception as err:
+        logger.warning("could not record the interrupted attempt: %s", err)
+
+
+def _failed(context: TrialContext, err: BaseException, run: TrialRun | None, key: str) -> dict[str, Any]:
     """The last result of a trial that failed by itself: NaN objectives (the search records a failure)."""
     return {
         **dict.fromkeys(context.objectives, math.nan),
         "error": f"{type(err).__name__}: {err}"[:2000],
         "mlflow_run_id": run.run_id if run is not None else "",
+        "trial_key": key,
     }
 
 
-def _save(state: dict[str, Any]) -> None:
-    """Hand the trial's state to Tune as a checkpoint (copied to the run's storage path before returning)."""
+def _save(run: TrialRun, state: dict[str, Any]) -> None:
+    """Write the trial's state as a checkpoint in its MLflow run (``TrialRun.save_checkpoint``)."""
     import torch
-    from ray import tune
 
     with tempfile.TemporaryDirectory(prefix="promptsweep-ckpt-") as folder:
-        torch.save(state, Path(folder) / STATE_FILE)
-        tune.report({"checkpoint": 1.0}, checkpoint=tune.Checkpoint.from_directory(folder))
+        path = Path(folder) / mlflow_log.STATE_FILE
+        torch.save(state, path)
+        run.save_checkpoint(path)
+    failpoints.hit("checkpoint_saved")
 
 
-def _restore() -> dict[str, Any] | None:
-    """The state of the trial's last checkpoint, when an earlier attempt saved one."""
+def _restore(run: TrialRun) -> dict[str, Any] | None:
+    """The state of the trial's newest checkpoint, when an earlier attempt saved one (loaded on the CPU: the
+    tuner moves it to its model's device)."""
     import torch
-    from ray import tune
 
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+    with tempfile.TemporaryDirectory(prefix="promptsweep-ckpt-") as folder:
+        path = run.load_checkpoint(Path(folder))
+        if path is None:
+            return None
+        return torch.load(path, map_location="cpu", weights_only=True)

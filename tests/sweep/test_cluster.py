@@ -1,7 +1,9 @@
 """Real Ray clusters on loopback: ``ray job submit`` of the smoke sweep, and a two-node cluster with GPUs.
 
-These start their own Ray nodes with ``ray start`` and end with ``ray stop``, which stops every Ray process
-of the user; the Makefile runs them in a pytest session of their own (``-m cluster``), after the rest.
+These start their own Ray nodes with ``ray start`` (each cluster in a temp dir of its own) and stop exactly those
+nodes' processes at the end, found by that temp dir: never ``ray stop``, which stops every Ray process of the
+user (a sweep running beside the tests included). The Makefile runs them in a pytest session of their own
+(``-m cluster``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,7 +102,7 @@ def _run(cmd: list[str], *, timeout: float, **env: str) -> subprocess.CompletedP
 
 @pytest.fixture
 def cluster(tmp_path_factory) -> Iterator[dict]:
-    """Start Ray heads/workers with ``ray start``; ``ray stop --force`` at the end, whatever happened."""
+    """Start Ray heads/workers with ``ray start``; their processes stopped at the end, whatever happened."""
     temp = tmp_path_factory.mktemp("ray")
     started: dict = {"temp": temp}
 
@@ -144,8 +148,27 @@ def cluster(tmp_path_factory) -> Iterator[dict]:
     try:
         yield started
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=_env(), capture_output=True, timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: Path, *, grace_s: float = 10.0) -> None:
+    """Stop every process of the Ray cluster whose temp dir is ``temp`` (each names it on its command line: the
+    head's, and the workers' that took it from the head), and nothing else: SIGTERM, then SIGKILL."""
+
+    def pids() -> list[int]:
+        found = subprocess.run(["pgrep", "-f", str(temp)], capture_output=True, text=True).stdout.split()
+        return [int(p) for p in found if int(p) != os.getpid()]
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + wait
+        while pids() and time.time() < deadline:
+            time.sleep(0.2)
 
 
 def _outputs_ok(out: Path, trials: int) -> dict:
