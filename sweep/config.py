@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ if typing.TYPE_CHECKING:
 BASELINES = ("no_prompt", "manual", "lm_sample")
 
 SAMPLERS = ("tpe", "nsga2", "random")
+# fifo: every trial runs its full budget; mo_asha: trials are stopped at rungs where they are dominated
+# (sweep/scheduler.py).
+SCHEDULERS = ("fifo", "mo_asha")
+# Rungs below a tuner's full budget when grace_steps is left to the default: steps / reduction_factor**3.
+DEFAULT_RUNGS = 3
 # Upper bounds that catch a typo (an extra zero or three) in seconds instead of a sweep that never ends: far above
 # any preset (paper: 32 trials per tuner, 5 replicates). Each trial is a whole tuner run per replicate, and
 # Optuna's sampler, Tune's experiment state and the exports all grow with the trials.
@@ -68,6 +74,19 @@ class SweepConfig:
         metadata={"help": "metrics Optuna optimises (directions from the metric registry)"},
     )
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler: " + ", ".join(SAMPLERS)})
+    scheduler: str = field(
+        default="fifo",
+        metadata={"help": "fifo (every trial runs its full budget) or mo_asha (stop trials dominated at a rung)"},
+    )
+    grace_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "mo_asha: steps of the first rung, every tuner (default: each tuner's steps / reduction_factor^3)"
+        },
+    )
+    reduction_factor: float = field(
+        default=3.0, metadata={"help": "mo_asha: a rung lets the top 1/reduction_factor go on; rungs grow by it"}
+    )
     num_samples: int = field(default=8, metadata={"help": "trials per tuner (its unregularised trial included)"})
     replicates: int = field(
         default=3, metadata={"help": "runs per trial (data seeds x init seeds); objectives are replicate means"}
@@ -195,6 +214,12 @@ class SweepConfig:
                 )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler={self.sampler!r} is not one of {SAMPLERS}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(unknown_message("scheduler", self.scheduler, list(SCHEDULERS)))
+        if self.grace_steps is not None and self.grace_steps < 1:
+            raise ConfigError(f"grace_steps={self.grace_steps} must be >= 1 step (or null for the default)")
+        if not (self.reduction_factor > 1 and math.isfinite(self.reduction_factor)):
+            raise ConfigError(f"reduction_factor={self.reduction_factor} must be a number > 1 (3 keeps a third)")
         if self.max_retries < 0:
             raise ConfigError(f"max_retries={self.max_retries} must be >= 0")
         for key in ("max_concurrent", "checkpoint_every"):
@@ -221,6 +246,22 @@ class SweepConfig:
             if folder.is_dir():
                 values["task"] = str(folder.resolve())
         return values
+
+    def rung_plan(self) -> dict[str, tuple[int, int]]:
+        """Per learned tuner with a search: ``(grace_steps, full steps)`` of its rungs under ``mo_asha`` (empty
+        under ``fifo``). Baselines train nothing and are never stopped."""
+        if self.scheduler != "mo_asha":
+            return {}
+        from tuners import get_tuner, make_config
+
+        plan = {}
+        for tuner in self.tuners:
+            if not self.search.get(tuner) or not getattr(get_tuner(tuner), "trains", True):
+                continue
+            steps = int(getattr(make_config(get_tuner(tuner).config_cls, self.trial_values(tuner)), "steps", 0))
+            grace = self.grace_steps or max(1, math.ceil(steps / self.reduction_factor**DEFAULT_RUNGS))
+            plan[tuner] = (grace, steps)
+        return plan
 
     def runs(self) -> tuple[str, ...]:
         """Every tuner a sweep runs: its learned tuners, then its baselines."""

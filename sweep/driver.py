@@ -112,6 +112,7 @@ def plan(config: SweepConfig, out: Path, *, fresh: bool) -> Plan:
         if previous is not None:
             mlflow_log.close_parent(previous["tracking_uri"], previous["parent_run_id"], reason="superseded by --fresh")
             shutil.rmtree(out / "ray", ignore_errors=True)  # Tune's logs only; MLflow keeps the runs
+            (out / SCHEDULER_STATE).unlink(missing_ok=True)
         experiment_id, parent = mlflow_log.start_parent(
             tracking_uri,
             config.name,
@@ -445,10 +446,12 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
     from sweep import ledger
     from sweep.progress import SweepProgress
     from sweep.search import MultiTunerSearch, integer_knobs_of, make_searcher, sampled_budget
-    from sweep.trainable import TrialContext, run_trial
+    from sweep.trainable import RungStops, TrialContext, run_trial
     from tuners import get_tuner
 
     fixed = config.fixed_trials()
+    scheduler = make_scheduler(config, out)
+    rungs = {tuner: tuple(scheduler.rungs(tuner)) for tuner in config.rung_plan()} if scheduler is not None else {}
     knobs = {tuner: tuple(config.search.get(tuner, {})) for tuner in config.runs()}
     integers = {tuner: integer_knobs_of(get_tuner(tuner).config_cls, knobs[tuner]) for tuner in config.runs()}
     contexts = {
@@ -464,6 +467,7 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
             replicates=config.replicates,
             checkpoint_every=config.checkpoint_every,
             tags=plan.tags,
+            rungs=rungs.get(tuner, ()),
         )
         for tuner in config.runs()
     }
@@ -510,6 +514,7 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
             search_alg=search,
             num_samples=search.total_trials,
             max_concurrent_trials=config.max_concurrent,
+            scheduler=scheduler,
             # Trials share an actor process one after another, so the model and data loaded by the first
             # (cached per process) serve the rest.
             reuse_actors=True,
@@ -518,7 +523,7 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
             name=config.name,
             storage_path=str(out / "ray"),
             verbose=1 if verbose else 0,
-            callbacks=[] if verbose else [progress],
+            callbacks=[RungStops(plan.tracking_uri), *([] if verbose else [progress])],
             # A trial whose worker died (or whose machine failed it) is retried, from its own checkpoint; one
             # that failed by itself reports its failure instead of raising (sweep/trainable.py).
             failure_config=tune.FailureConfig(max_failures=config.max_retries, fail_fast=False),
@@ -531,6 +536,29 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
     outcome.errors.extend(f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None)
     if outcome.errors:
         logger.warning("%d trials gave up after their retries; first error: %s", len(outcome.errors), outcome.errors[0])
+
+
+SCHEDULER_STATE = "scheduler.json"
+
+
+def make_scheduler(config: SweepConfig, out: Path) -> Any:
+    """The ``mo_asha`` scheduler of a sweep (None under ``fifo``), on the sweep's objectives and directions,
+    its decisions kept in ``out/scheduler.json`` (written whole with every decision, read back by a resumed
+    sweep, so that no trial is judged twice at a rung)."""
+    plan = config.rung_plan()
+    if not plan:
+        return None
+    from sweep.scheduler import MOASHA
+    from sweep.search import directions
+
+    return MOASHA(
+        objectives=config.objectives,
+        modes=directions(config.objectives),
+        max_steps={tuner: steps for tuner, (_, steps) in plan.items()},
+        grace_steps={tuner: grace for tuner, (grace, _) in plan.items()},
+        reduction_factor=config.reduction_factor,
+        state_path=out / SCHEDULER_STATE,
+    )
 
 
 # ----- the end ---------------------------------------------------------------------------------------------
@@ -587,6 +615,7 @@ def finish(
         trials_planned=planned,
         trials_dropped=outcome.dropped,
         trials_finished=finished,
+        trials_stopped=counts.get("stopped", 0),
         trials_failed=failed,
         trials_unfinished=unfinished,
         trials_killed=counts.get("KILLED", 0),

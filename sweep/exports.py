@@ -25,10 +25,11 @@ import pyarrow.parquet as pq
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
 from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share, learning_margin
-from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, objective_matrix
+from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
 from sweep.plots import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
 from sweep.report import REPORT_FILE, Curves, write_report
 from sweep.report import table_value as _value
+from sweep.search import STOPPED_AT
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
@@ -500,10 +501,17 @@ def write_exports(
         raise ValueError(f"exports need at least 2 objectives, got {objectives}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fronts = compute_fronts(table, objectives)
-    annotated = compare_to_baselines(annotate(table, fronts))
+    # Trials a scheduler stopped at a rung are kept in trials.parquet (with how far they got), and take no part
+    # in the fronts, hypervolumes, comparisons, figure, table or report: those compare full-budget results.
+    stopped = table[STOPPED_AT].notna() if STOPPED_AT in table.columns else pd.Series(False, index=table.index)
+    full = table[~stopped].reset_index(drop=True)
+    fronts = compute_fronts(full, objectives)
+    annotated = compare_to_baselines(annotate(full, fronts))
+    kept = table[stopped].assign(is_pareto=False, is_pareto_all=False)
+    kept["proxy_gamed"] = gamed_mask(kept, threshold=fronts.gamed_threshold)
+    recorded = pd.concat([annotated, kept], ignore_index=True) if len(kept) else annotated
 
-    pq.write_table(_arrow_table(annotated), out / "trials.parquet")
+    pq.write_table(_arrow_table(recorded), out / "trials.parquet")
     plots = [
         path
         for view in VIEWS

@@ -9,7 +9,9 @@ up. The points sit at the moments a resume must survive (``tests/sweep/test_faul
 - ``trial_finished``: a trial's MLflow run is FINISHED and Tune has not been told;
 - ``tune_state``: Tune is writing its experiment state;
 - ``resumed``: a resumed sweep has brought its studies up to date and not started Tune;
-- ``exports``: the exports are written and ``sweep.json`` and the MLflow parent are not.
+- ``exports``: the exports are written and ``sweep.json`` and the MLflow parent are not;
+- ``rung_decided``: the scheduler has decided (and written down) a trial's fate at a rung, and Tune has not
+  acted on it.
 
 Unset (always, outside those tests) it costs one dictionary lookup.
 """

@@ -42,8 +42,14 @@ TRIAL_FIXED = "promptsweep.fixed"
 CHECKPOINT = "promptsweep.checkpoint"
 _CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "trial_state.pt"
-# Per-step metrics: ``rep<i>/dev/acc`` etc. (and the older unprefixed ``dev/``, ``train/``); not final metrics.
-_HISTORY = re.compile(r"^(rep\d+/)?(dev|train)/")
+# Per-step metrics: ``rep<i>/dev/acc`` etc. (and the older unprefixed ``dev/``, ``train/``), and the replicate
+# means a trial reported at each rung (``rung/<objective>``); not final metrics.
+_HISTORY = re.compile(r"^((rep\d+/)?(dev|train)|rung)/")
+RUNG_PREFIX = "rung/"
+# How far a trial got (steps every replicate completed), and the rung a scheduler stopped it at (absent for a
+# trial that ran its full budget).
+STEPS_DONE = "steps_done"
+STOPPED_TAG = "stopped_at_step"
 
 
 def is_history_metric(key: str) -> bool:
@@ -194,13 +200,7 @@ class TrialRun:
 
     def drop_checkpoints(self) -> None:
         """Delete a finished trial's checkpoints (an RLPrompt policy is megabytes, a sweep has hundreds)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        try:
-            repository = get_artifact_repository(self.client.get_run(self.run_id).info.artifact_uri)
-            repository.delete_artifacts(_CHECKPOINT_DIR)
-        except Exception as err:  # the store may not support deletion; the result is kept either way
-            logger.warning("could not delete the checkpoints of run %s: %s", self.run_id, err)
+        _drop_checkpoints(self.client, self.run_id)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -217,6 +217,7 @@ class TrialRun:
         result: Mapping[str, Any],
         tune_result: Mapping[str, Any],
         replicate_prompts: Sequence[str] = (),
+        steps_done: int = 0,
     ) -> None:
         """Close the run: the representative prompt as tags and ``prompt.txt``, every replicate's prompt as a
         tag (JSON list), the whole result as ``result.json``, and what Tune was told as ``tune_result.json`` (a
@@ -227,6 +228,7 @@ class TrialRun:
         self.client.log_text(self.run_id, prompt_text, "prompt.txt")
         self.client.log_dict(self.run_id, dict(tune_result), TUNE_RESULT)
         self.client.log_dict(self.run_id, dict(result), "result.json")
+        self.client.set_tag(self.run_id, STEPS_DONE, str(steps_done))
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self, error: BaseException, *, status: str = "FAILED") -> None:
@@ -234,6 +236,16 @@ class TrialRun:
         later attempt or a resumed sweep continues it)."""
         self.client.set_tag(self.run_id, ERROR, f"{type(error).__name__}: {error}"[:5000])
         self.client.set_terminated(self.run_id, status)
+
+
+def _drop_checkpoints(client: Any, run_id: str) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        repository.delete_artifacts(_CHECKPOINT_DIR)
+    except Exception as err:  # the store may not support deletion; the result is kept either way
+        logger.warning("could not delete the checkpoints of run %s: %s", run_id, err)
 
 
 def find_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, key: str) -> Any:
@@ -265,6 +277,40 @@ def tune_result(tracking_uri: str, run: Any) -> dict[str, Any]:
     told["prompt_text"] = tags.get("prompt_text", "")
     told["mlflow_run_id"] = run.info.run_id
     return told
+
+
+def record_stop(tracking_uri: str, result: Mapping[str, Any]) -> None:
+    """Close the run of a trial a scheduler stopped at a rung, from its last (rung) result: that result's
+    metrics as the run's final ones, ``stopped_at_step`` and ``steps_done``, FINISHED. Written by the driver: the
+    trial's own worker may be torn down the moment it is stopped."""
+    from mlflow.entities import Metric, RunTag
+
+    client = _client(tracking_uri)
+    run_id, step = str(result["mlflow_run_id"]), int(result["steps"])
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(k, float(v), now, step)
+        for k, v in result.items()
+        if "/" in k
+        and not is_history_metric(k)
+        and not k.startswith(PARAM_PREFIX)
+        and isinstance(v, (int, float))
+        and math.isfinite(v)
+    ]
+    tags = {
+        STOPPED_TAG: str(step),
+        STEPS_DONE: str(step),
+        "prompt_text": str(result.get("prompt_text", ""))[:5000],
+        "prompt_ids": str(result.get("prompt_ids", "[]")),
+        REPLICATE_PROMPTS: str(result.get(REPLICATE_PROMPTS, "[]"))[:5000],
+    }
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start : start + 500])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    told = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    client.log_dict(run_id, {**told, STOPPED_TAG: step}, TUNE_RESULT)
+    _drop_checkpoints(client, run_id)
+    client.set_terminated(run_id, "FINISHED")
 
 
 def trial_runs(tracking_uri: str, parent_run_id: str) -> list[Any]:
@@ -343,6 +389,8 @@ def child_status_counts(tracking_uri: str, parent_run_id: str) -> dict[str, int]
         counts[run.info.status] = counts.get(run.info.status, 0) + 1
         if int(run.data.tags.get(ATTEMPTS, "1")) > 1:
             counts["retried"] = counts.get("retried", 0) + 1
+        if run.info.status == "FINISHED" and STOPPED_TAG in run.data.tags:
+            counts["stopped"] = counts.get("stopped", 0) + 1
     return counts
 
 
@@ -447,6 +495,8 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
         row["prompt_text"] = tags.get("prompt_text", "")
         row["prompt_ids"] = json.loads(tags.get("prompt_ids", "[]"))
         row[REPLICATE_PROMPTS] = json.loads(tags.get(REPLICATE_PROMPTS, "[]"))
+        row[STEPS_DONE] = float(tags[STEPS_DONE]) if STEPS_DONE in tags else math.nan
+        row[STOPPED_TAG] = float(tags[STOPPED_TAG]) if STOPPED_TAG in tags else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

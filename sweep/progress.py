@@ -8,6 +8,7 @@ from typing import Any
 from ray.tune import Callback
 
 from sweep import failpoints
+from sweep.search import AT_RUNG
 
 
 def _clock(seconds: float) -> str:
@@ -56,10 +57,15 @@ class SweepProgress(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)
         self.done += 1
-        error = (trial.last_result or {}).get("error")
+        last = trial.last_result or {}
+        error = last.get("error")
         if error:
             self.failed += 1
-        self._line(f"{_name(trial)} {'failed: ' + str(error)[:120] if error else 'finished'}")
+            self._line(f"{_name(trial)} failed: {str(error)[:120]}")
+        elif last.get(AT_RUNG):
+            self._line(f"{_name(trial)} stopped at step {last.get('steps')}: dominated at its rung")
+        else:
+            self._line(f"{_name(trial)} finished")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.running.discard(trial.trial_id)

@@ -117,6 +117,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from sweep import failpoints
+
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
 
@@ -418,6 +420,7 @@ class MOASHA(FIFOScheduler):
         decision = self._judge(group, rung, key, values, protected)
         self._add(group, key, rung, values, decision)
         self._persist()
+        failpoints.hit("rung_decided")
         if decision == TrialScheduler.STOP:
             logger.info(
                 "MOASHA: stopped %s (%s) at %s %d: not in the top 1/%g of %d trials",

@@ -83,6 +83,9 @@ DESIGN_ATTR = "design"  # user attr of a space-filling start point: its index in
 # Key of a trial's last result when the scheduler stopped it at a rung: the step it reached. Such a trial is
 # told to its study as PRUNED, never as a full-budget COMPLETE result.
 STOPPED_AT = "stopped_at_step"
+# Key of an intermediate result a trial reports at a rung (its replicates' means at equal steps). A trial whose
+# last result is one was stopped there: one that finishes always reports its full-budget result last.
+AT_RUNG = "at_rung"
 
 
 def trial_key(tuner: str, fixed: Mapping[str, Any], knobs: Mapping[str, Any]) -> str:
@@ -359,7 +362,7 @@ class TunerSearch(OptunaSearch):
         return [float(v) for v in values]
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not error and result is not None and result.get(STOPPED_AT) is not None:
+        if not error and result is not None and (result.get(STOPPED_AT) is not None or result.get(AT_RUNG)):
             # Stopped at a rung: its values are not a full-budget result. No result and no error is PRUNED.
             result = None
         elif not error and result is not None and self.values(result) is None:

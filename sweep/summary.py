@@ -26,7 +26,9 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         dropped = summary.get("trials_dropped", 0)
         print(
             f"\nsweep {summary['status']}{took}: {summary['trials_finished']} of {summary['trials_planned']} trials "
-            f"finished, {summary['trials_failed']} failed, {summary['trials_unfinished']} unfinished "
+            "finished"
+            + (f" ({summary['trials_stopped']} stopped at a rung)" if summary.get("trials_stopped") else "")
+            + f", {summary['trials_failed']} failed, {summary['trials_unfinished']} unfinished "
             f"({summary['trials_retried']} retried)"
             + (f", {dropped} not drawn (the search space ran out)" if dropped else "")
             + (", resumed" if summary.get("resumed") else "")

@@ -23,6 +23,7 @@ What befalls a trial:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
 import os
@@ -33,13 +34,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune import Callback
+
 from objectives.errors import DivergedError, UserError
 from sweep import failpoints, mlflow_log
 from sweep.mlflow_log import TrialRun
-from sweep.search import knobs_from_params, trial_key
+from sweep.search import AT_RUNG, knobs_from_params, trial_key
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
-from tuners.replicates import run_replicates
+from tuners.replicates import ReplicatedResult, run_replicates
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,7 @@ class TrialContext:
     replicates: int = 1
     checkpoint_every: int = 50
     tags: Mapping[str, str] = field(default_factory=dict)  # the sweep's source tags (user, git commit)
+    rungs: tuple[int, ...] = ()  # steps where the replicates meet and report to the scheduler (mo_asha)
 
 
 def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
@@ -87,6 +91,7 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
     }
     run: TrialRun | None = None
+    stopped: list[int] = []  # the rung step where the scheduler stopped this trial
     try:
         tuner_config = make_config(tuner.config_cls, {**context.values, **config.get("fixed", {}), **weights})
         run = TrialRun(
@@ -110,10 +115,37 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
         def report(replicate: int, step: int, metrics: Mapping[str, float]) -> None:
             run.log_metrics({f"rep{replicate}/{k}": v for k, v in metrics.items()}, step)
 
-        result = run_replicates(tuner, tuner_config, context.replicates, report=report, checkpoint=checkpoint)
+        def at_rung(step: int, partial: ReplicatedResult) -> bool:
+            """Tell the scheduler the replicates' means at this rung (it goes on, or ends the trial here)."""
+            run.log_metrics(
+                {mlflow_log.RUNG_PREFIX + m: partial.metrics[m] for m in context.objectives if m in partial.metrics},
+                step,
+            )
+            try:
+                tune.report({**_rung_result(partial, weights, run, key), "steps": step})
+            except SystemExit:
+                # Tune stops a function trial by raising SystemExit in its pending report: the scheduler's
+                # STOP. The driver records the stop in this run (RungStops): this worker may be torn down now.
+                # SystemExit must end the function (one that returns is waited on for a last report, and Tune
+                # cannot reuse its actor).
+                stopped.append(step)
+                raise
+            return True
+
+        result = run_replicates(
+            tuner,
+            tuner_config,
+            context.replicates,
+            report=report,
+            checkpoint=checkpoint,
+            rungs=context.rungs,
+            at_rung=at_rung if context.rungs else None,
+        )
     except (KeyboardInterrupt, SystemExit) as err:
-        # Tune stopping the trial (the sweep was interrupted): resumable, not a failure of the trial.
-        if run is not None:
+        if stopped:
+            logger.info("trial %s stopped at its rung at step %d", trial_id, stopped[0])
+        elif run is not None:
+            # Tune stopping the trial (the sweep was interrupted): resumable, not a failure of the trial.
             run.fail(err, status="KILLED")
         raise
     except Exception as err:
@@ -138,17 +170,54 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
         "mlflow_run_id": run.run_id,
         "wall_s": result.wall_s,
     }
-    run.log_metrics(result.metrics, max(r.steps for r in result.results))
+    steps = max(r.steps for r in result.results)
+    run.log_metrics(result.metrics, steps)
     run.finish(
         prompt_text=prompt.prompt_text,
         prompt_ids=prompt.prompt_ids,
         result=result.to_json(),
         tune_result=told,
         replicate_prompts=result.prompt_texts,
+        steps_done=steps,
     )
     failpoints.hit("trial_finished")
     run.drop_checkpoints()
-    tune.report({**told, "trial_key": key})
+    tune.report({**told, "trial_key": key, "steps": steps})
+
+
+def _rung_result(partial: ReplicatedResult, weights: Mapping[str, float], run: TrialRun, key: str) -> dict[str, Any]:
+    """What a trial tells Tune at a rung: everything its final result would hold at this step (the driver
+    records it as the trial's result if the scheduler stops it here), flagged ``AT_RUNG``."""
+    prompt = partial.prompt
+    return {
+        **partial.metrics,
+        **{f"{mlflow_log.PARAM_PREFIX}{w}": v for w, v in weights.items()},
+        "prompt_text": prompt.prompt_text,
+        "prompt_ids": json.dumps(prompt.prompt_ids),
+        mlflow_log.REPLICATE_PROMPTS: json.dumps(partial.prompt_texts),
+        "mlflow_run_id": run.run_id,
+        "wall_s": partial.wall_s,
+        "trial_key": key,
+        AT_RUNG: True,
+    }
+
+
+class RungStops(Callback):
+    """Driver side of the rung protocol: when the scheduler has stopped a trial at a rung (its last result is a
+    rung result), record the stop in the trial's MLflow run (``mlflow_log.record_stop``). A record lost with
+    the driver is made again: the resumed trial re-reports its rung and is stopped again by the same decision."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        result = trial.last_result or {}
+        if not result.get(AT_RUNG):
+            return
+        try:
+            mlflow_log.record_stop(self.tracking_uri, result)
+        except Exception as err:  # the run stays open: closed as interrupted, and the resumed trial stops again
+            logger.warning("could not record that trial %s stopped at step %s: %s", trial, result.get("steps"), err)
 
 
 def is_infrastructure_fault(err: BaseException) -> bool:

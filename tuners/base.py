@@ -138,19 +138,32 @@ class Checkpointing:
     ``save`` is called with the run's whole state (a dict ``torch.save`` can write: tensors, numbers, lists)
     every ``every`` steps, after the step's report; a run given ``state`` continues from it and ends as an
     uninterrupted run would. Tuners that train nothing ignore it. The tuner never learns where the state goes
-    (Tune's checkpoints, a file, memory): ``sweep/`` decides.
+    (the trial's MLflow run, a file, memory): ``sweep/`` decides.
+
+    ``until`` (a step before the run's last) pauses the run there: the tuner offers that step's candidate to
+    its selection as at an evaluation step, calls ``save`` with its state, and returns the result it would
+    return if it ended there (``steps == until``). Given that state, a later call continues to the next pause
+    or the end, and ends where a run without pauses ends, but for the candidates offered at the pauses. This
+    is how a trial's replicates advance in lockstep to the scheduler's rungs (``tuners/replicates.py``).
     """
 
     every: int
     save: Callable[[dict[str, Any]], None]
     state: dict[str, Any] | None = None
+    until: int | None = None
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ConfigError(f"checkpoint every={self.every} must be >= 1 step")
+        if self.until is not None and self.until < 1:
+            raise ConfigError(f"checkpoint until={self.until} must be >= 1 step")
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
+
+    def last_step(self, steps: int) -> int:
+        """The last step this call runs, of a run of ``steps``."""
+        return steps if self.until is None else min(steps, self.until)
 
 
 @runtime_checkable

@@ -178,7 +178,9 @@ def _train_prompt(
         done, elapsed = int(state["step"]), float(state["elapsed_s"])
         logger.info("%s resumes at step %d of %d", name, done, config.steps)
 
-    for step in range(done + 1, config.steps + 1):
+    # A pause (``checkpoint.until``, a scheduler's rung) ends this call early; the state saved there continues.
+    last = checkpoint.last_step(config.steps) if checkpoint is not None else config.steps
+    for step in range(done + 1, last + 1):
         rows = problem.train_batch(config.batch_size, gen)
         optimizer.zero_grad(set_to_none=True)
         ce, nll = step_gradient(problem, config, soft, rows, mode=mode, memo=memo)
@@ -189,13 +191,13 @@ def _train_prompt(
         if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
             check_finite(step, loss=float(loss), prompt_norm=float(norm))
 
-        if step % config.eval_every == 0 or step == config.steps:
+        if step % config.eval_every == 0 or step == config.steps or step == last:
             metrics = _offer_candidate(problem, config, soft, mode, step, best, memo)
             metrics.update({"train/ce": float(ce), "train/log_ppl": float(nll)})
             history.append((step, metrics))
             if report is not None:
                 report(step, metrics)
-        if checkpoint is not None and checkpoint.due(step) and step < config.steps:
+        if checkpoint is not None and (checkpoint.due(step) or step == last) and step < config.steps:
             checkpoint.save(
                 {
                     "step": step,
@@ -220,7 +222,7 @@ def _train_prompt(
         prompt_text=lm.tokenizer.decode(ids.tolist()),
         prompt_ids=ids.tolist(),
         metrics=final,
-        steps=config.steps,
+        steps=max(done, last),
         seed=config.seed,
         wall_s=elapsed + time.perf_counter() - start,
         config=config_dict(config),

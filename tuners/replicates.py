@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,9 @@ class ReplicatedResult:
         }
 
 
+RungCallback = Callable[[int, "ReplicatedResult"], bool]
+
+
 def run_replicates(
     tuner: Tuner,
     config: ProblemConfig,
@@ -123,40 +126,75 @@ def run_replicates(
     *,
     report: ReplicateReporter | None = None,
     checkpoint: Checkpointing | None = None,
+    rungs: Sequence[int] = (),
+    at_rung: RungCallback | None = None,
 ) -> ReplicatedResult:
     """Run ``tuner`` on every replicate of ``config``; ``report(replicate, step, metrics)`` as they train.
 
-    With ``checkpoint``, the state saved is ``{"done": [finished replicates' results], "current": the running
-    replicate's tuner state}``, saved again as each replicate ends; resuming skips the finished replicates and
-    continues the running one from its own state.
+    Without ``rungs`` each replicate runs to its end, one after the other. With ``rungs`` (steps before the
+    tuner's last; ignored by tuners that train nothing) the replicates advance in lockstep: each runs to the
+    first rung (``Checkpointing.until``), then ``at_rung(step, result)`` is given the replicates' result at
+    that step (means over replicates at equal steps, like for like) and says whether the trial goes on; the
+    next segment continues every replicate from its own state. A trial stopped at a rung returns the result at
+    that rung (``steps`` of each replicate's result says how far it got).
+
+    With ``checkpoint``, the state saved is ``{"states": [each replicate's tuner state], "results": [each
+    replicate's result at the last segment end it reached, as JSON]}``, saved at every checkpoint of the
+    running replicate and as each one ends a segment; resuming continues every replicate from its own state.
     """
     configs = replicate_configs(config, replicates)
-    state = (checkpoint.state if checkpoint is not None else None) or {}
-    results = [PromptResult.from_json(r) for r in state.get("done", [])]
-    current = state.get("current")
-    for index in range(len(results), len(configs)):
-        replicate = configs[index]
-        logger.info(
-            "%s replicate %d/%d: task=%s seed=%d", tuner.name, index + 1, len(configs), replicate.task, replicate.seed
-        )
-        callback = None if report is None else (lambda step, metrics, i=index: report(i, step, metrics))
-        inner = None
+    trains = getattr(tuner, "trains", True)
+    steps = int(getattr(config, "steps", 0))
+    ends = [int(s) for s in sorted(set(rungs)) if trains and 0 < s < steps] + [steps]
+    saved = (checkpoint.state if checkpoint is not None else None) or {}
+    states: list[dict[str, Any] | None] = list(saved.get("states") or [None] * len(configs))
+    results: list[PromptResult | None] = [
+        PromptResult.from_json(r) if r is not None else None for r in saved.get("results") or [None] * len(configs)
+    ]
+
+    def persist(index: int, state: dict[str, Any] | None) -> None:
+        states[index] = state
         if checkpoint is not None:
-            done = [r.to_json() for r in results]
-            inner = Checkpointing(
-                every=checkpoint.every,
-                save=lambda tuner_state, done=done: checkpoint.save({"done": done, "current": tuner_state}),
-                state=current,
+            checkpoint.save({"states": list(states), "results": [r.to_json() if r else None for r in results]})
+
+    for end in ends:
+        for index, replicate in enumerate(configs):
+            if results[index] is not None and (results[index].steps >= end or not trains):  # type: ignore[union-attr]
+                continue
+            logger.info(
+                "%s replicate %d/%d to step %d: task=%s seed=%d",
+                tuner.name,
+                index + 1,
+                len(configs),
+                end,
+                replicate.task,
+                replicate.seed,
             )
-        results.append(tuner.run(replicate, report=callback, checkpoint=inner))
-        current = None
-        if checkpoint is not None and getattr(tuner, "trains", True):
-            checkpoint.save({"done": [r.to_json() for r in results], "current": None})
-    dev = [r.metrics.get("task/acc_dev", float("-inf")) for r in results]
+            callback = None if report is None else (lambda step, metrics, i=index: report(i, step, metrics))
+            inner = Checkpointing(
+                every=checkpoint.every if checkpoint is not None else max(1, steps),
+                save=lambda tuner_state, i=index: persist(i, tuner_state),
+                state=states[index],
+                until=end if end < steps else None,
+            )
+            results[index] = tuner.run(replicate, report=callback, checkpoint=inner if trains else None)
+            if trains:
+                persist(index, states[index] if end < steps else None)
+        if end < steps and at_rung is not None and not at_rung(end, _combine(tuner, results, configs)):
+            break
+    return _combine(tuner, results, configs)
+
+
+def _combine(
+    tuner: Tuner, results: Sequence[PromptResult | None], configs: Sequence[ProblemConfig]
+) -> ReplicatedResult:
+    done = [r for r in results if r is not None]
+    assert len(done) == len(configs), "every replicate has a result at the end of each segment"
+    dev = [r.metrics.get("task/acc_dev", float("-inf")) for r in done]
     return ReplicatedResult(
         tuner=tuner.name,
-        results=tuple(results),
-        metrics=aggregate([r.metrics for r in results]),
+        results=tuple(done),
+        metrics=aggregate([r.metrics for r in done]),
         representative=max(range(len(dev)), key=lambda i: (dev[i], -i)),
         tasks=tuple(c.task for c in configs),
     )

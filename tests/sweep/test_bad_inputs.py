@@ -144,6 +144,10 @@ CASES = [
         "has an input of 300 tokens",
         _bad_train(rows=LONG_REVIEW),
     ),
+    # the scheduler's fields
+    Case("scheduler-typo", "sweep", ["--set", "scheduler=moasha"], "Did you mean 'mo_asha'?"),
+    Case("reduction-factor-one", "sweep", ["--set", "reduction_factor=1"], "reduction_factor=1.0 must be a number > 1"),
+    Case("grace-zero", "sweep", ["--set", "grace_steps=0"], "grace_steps=0 must be >= 1 step"),
     # raw tracebacks
     Case("tuners-twice", "sweep", ["--set", "tuners=[pez, pez]"], "tuners=['pez', 'pez'] lists 'pez' more than once"),
     Case("seed-negative", "sweep", ["--set", "seed=-1"], "seed=-1 must be in [0, 4294967295]"),

@@ -49,4 +49,3 @@ def test_a_gpu_index_beyond_the_given_ones_is_refused():
 def test_not_a_device(bad):
     with pytest.raises(UserError, match=rf"device={bad!r} is not a device; use auto, cpu, cuda or cuda:N"):
         resolve_device(bad, ["0"], True)
-

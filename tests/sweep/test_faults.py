@@ -152,7 +152,6 @@ def _check_complete(out: Path, *, expected: int = EXPECTED) -> dict[str, int]:
         "duplicated": len(keys) - len(set(keys)),
         "running": sum(r.info.status == "RUNNING" for r in runs),
     }
-    print(f"\n{out.name}: {counts}")
     assert summary["status"] == "FINISHED", summary
     assert (
         summary["trials_finished"] + summary["trials_failed"] + summary["trials_unfinished"]
@@ -164,14 +163,20 @@ def _check_complete(out: Path, *, expected: int = EXPECTED) -> dict[str, int]:
     assert {r.info.status for r in children} == {"FINISHED"}
     table = pq.read_table(out / "trials.parquet").to_pandas()
     assert len(table) == expected and table["mlflow_run_id"].is_unique
-    learned = table[table["tuner"] == "pez"]
+    learned = table[(table["tuner"] == "pez") & table["stopped_at_step"].isna()]
+    stopped = table[table["stopped_at_step"].notna()]
+    counts["stopped"] = len(stopped)
     storage = f"sqlite:///{out / 'optuna.db'}"
     study = optuna.load_study(study_name=f"smoke-pez-{summary['parent_run_id'][:8]}", storage=storage)
     states = [t.state for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == len(learned), "the study counts every pez configuration once"
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(complete) == len(learned), "the study counts every full-budget pez configuration once"
+    assert len(pruned) == len(stopped), "a trial stopped at a rung is PRUNED in its study, never COMPLETE"
+    assert not stopped["is_pareto"].any()
     running = [(t.number, t.params, t.user_attrs) for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     assert not running, f"study trials left RUNNING: {running}; all: {states}"
+    print(f"\n{out.parent.name}: {counts}")
     return counts
 
 
@@ -227,6 +232,26 @@ def test_driver_killed_at_each_moment_that_matters_then_resumed(tmp_path, task_d
     _check_complete(out)
     final = _finished_runs(out)
     assert {run: final[run] for run in finished_before} == finished_before
+
+
+def test_driver_killed_between_rung_decisions_then_resumed_promotes_nothing_twice(tmp_path, task_dir):
+    """Under mo_asha: killed right after the scheduler decided a trial's fate at a rung (decision written, Tune
+    not yet acting on it), twice; the reruns judge no (trial, rung) twice and stop each stopped trial once."""
+    out, log = tmp_path / "out", tmp_path / "driver.log"
+    command = _command(
+        out,
+        task_dir,
+        *("--set", "replicates=1", "--set", "tuner_config.pez.steps=12", "--set", "num_samples=6"),
+        *("--set", "scheduler=mo_asha", "--set", "grace_steps=2", "--set", "baselines=[no_prompt]"),
+    )
+    for point in ("rung_decided@2", "rung_decided@3"):
+        assert _run(command, log, PROMPTSWEEP_FAILPOINT=point) == -signal.SIGKILL, _tail(log)[-3000:]
+    assert _run(command, log) == 0, _tail(log)[-3000:]
+    counts = _check_complete(out, expected=7)
+    state = json.loads((out / "scheduler.json").read_text())
+    records = [(r["key"], rung) for group in state["groups"].values() for rung, rows in group.items() for r in rows]
+    assert len(records) == len(set(records)), "a (trial, rung) judged twice"
+    assert counts["stopped"] >= 1, "nothing was stopped: the test did not exercise a stop"
 
 
 # ----- a worker, Ray, signals, the disk ----------------------------------------------------------------------

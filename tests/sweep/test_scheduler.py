@@ -424,3 +424,19 @@ def test_tune_api_fifo_metric_mode_and_debug_string():
         _sched(modes=("max",))
     with pytest.raises(ValueError, match="'max' or 'min'"):
         _sched(modes=("max", "maximize"))
+
+
+def test_a_sweeps_rung_plan_covers_its_searched_learned_tuners_with_the_default_grace():
+    from sweep.config import load_sweep_config
+
+    fifo = load_sweep_config("smoke", config_file=None, overrides={})
+    assert fifo.rung_plan() == {}
+    config = load_sweep_config(
+        "smoke", config_file=None, overrides={"scheduler": "mo_asha", "tuner_config.pez.steps": 100}
+    )
+    plan = config.rung_plan()
+    assert set(plan) == {"pez", "soft", "rlprompt"}  # the baselines train nothing: never stopped
+    assert plan["pez"] == (4, 100)  # ceil(100 / 3**3): three rungs below the full budget
+    assert rung_steps(*plan["pez"][:1], 3, plan["pez"][1]) == [4, 12, 36]
+    fixed = load_sweep_config("smoke", config_file=None, overrides={"scheduler": "mo_asha", "grace_steps": 2})
+    assert {grace for grace, _ in fixed.rung_plan().values()} == {2}

@@ -7,6 +7,7 @@ import pytest
 from objectives.problem import ConfigError
 from tests.conftest import NEGATIVE, POSITIVE, write_tsv
 from tuners import get_tuner, preset_config
+from tuners.base import Checkpointing
 from tuners.replicates import lmbff_family, replicate_configs, run_replicates
 
 
@@ -60,3 +61,46 @@ def test_run_replicates_aggregates_what_each_replicate_measured(task_dir):
     dev = [r.metrics["task/acc_dev"] for r in single]
     assert dev[out.representative] == max(dev)
     assert out.to_json()["replicates"][1]["seed"] == 1
+
+
+@pytest.mark.parametrize("name", ["pez", "soft", "rlprompt"])
+def test_replicates_in_lockstep_to_rungs_end_where_a_run_without_rungs_ends(task_dir, name):
+    """Rungs at evaluation steps pause each replicate there and continue it from its own state: the trial's
+    result is the same as without rungs, and the scheduler is asked with every replicate at the rung."""
+    config = preset_config(name, "smoke", {"task": str(task_dir), "k_shot": None, "device": "cpu", "steps": 6})
+    tuner = get_tuner(name)
+    plain = run_replicates(tuner, config, 2)
+    asked = []
+
+    def at_rung(step, partial):
+        asked.append((step, [r.steps for r in partial.results], partial.metrics["task/acc_dev"]))
+        return True
+
+    paused = run_replicates(tuner, config, 2, rungs=[2, 4], at_rung=at_rung)
+    assert [r.prompt_ids for r in paused.results] == [r.prompt_ids for r in plain.results]
+    assert paused.metrics == pytest.approx(plain.metrics)
+    assert [(step, steps) for step, steps, _ in asked] == [(2, [2, 2]), (4, [4, 4])]
+
+
+def test_a_trial_stopped_at_a_rung_returns_its_result_there_and_resumes_from_a_checkpoint(task_dir):
+    config = preset_config("pez", "smoke", {"task": str(task_dir), "k_shot": None, "device": "cpu", "steps": 6})
+    tuner = get_tuner("pez")
+    stopped = run_replicates(tuner, config, 2, rungs=[2, 4], at_rung=lambda step, partial: step < 4)
+    assert [r.steps for r in stopped.results] == [4, 4]
+
+    # A trial killed after its first rung resumes every replicate from the state saved there.
+    saved = []
+
+    def killed_after_rung(state):
+        saved.append(state)
+        if all(r is not None and r["steps"] >= 2 for r in state["results"]):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_replicates(tuner, config, 2, rungs=[2, 4], checkpoint=Checkpointing(every=100, save=killed_after_rung))
+    resumed = run_replicates(
+        tuner, config, 2, rungs=[2, 4], checkpoint=Checkpointing(every=100, save=lambda s: None, state=saved[-1])
+    )
+    plain = run_replicates(tuner, config, 2)
+    assert [r.prompt_ids for r in resumed.results] == [r.prompt_ids for r in plain.results]
+    assert resumed.metrics == pytest.approx(plain.metrics)

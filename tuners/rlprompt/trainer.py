@@ -270,8 +270,10 @@ class RLPrompt:
         elapsed_before = self.elapsed_s
         if self.untrained_acc is None:
             self.untrained_acc = self._score_greedy()[1]
-        for step in range(self.step + 1, config.steps + 1):
-            due = step % config.eval_every == 0 or step == config.steps
+        # A pause (``checkpoint.until``, a scheduler's rung) ends this call early; the state saved there continues.
+        last = checkpoint.last_step(config.steps) if checkpoint is not None else config.steps
+        for step in range(self.step + 1, last + 1):
+            due = step % config.eval_every == 0 or step == config.steps or step == last
             # Host numbers on reporting steps only: a step that reports nothing never waits for its metrics.
             on_device = self._step(measure_ppl=due, report=due)
             if due:
@@ -286,7 +288,7 @@ class RLPrompt:
                 self.save(Path(config.checkpoint_dir) / CHECKPOINT_NAME)
             if due and report is not None:
                 report(step, metrics)
-            if checkpoint is not None and checkpoint.due(step):
+            if checkpoint is not None and (checkpoint.due(step) or (step == last and step < config.steps)):
                 checkpoint.save(self.state_dict())
         if self.best.payload is None:  # resumed at or past the end without an evaluation: score the policy now
             self.evaluate_dev()
