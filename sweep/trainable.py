@@ -22,6 +22,7 @@ What befalls a trial:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -38,6 +39,7 @@ from ray.tune import Callback
 
 from objectives.errors import DivergedError, UserError
 from sweep import failpoints, mlflow_log
+from sweep.devices import resolve_device
 from sweep.mlflow_log import TrialRun
 from sweep.search import AT_RUNG, knobs_from_params, trial_key
 from tuners import get_tuner, make_config
@@ -93,7 +95,11 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
     run: TrialRun | None = None
     stopped: list[int] = []  # the rung step where the scheduler stopped this trial
     try:
-        tuner_config = make_config(tuner.config_cls, {**context.values, **config.get("fixed", {}), **weights})
+        values = {**context.values, **config.get("fixed", {}), **weights}
+        if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)}:
+            # "auto" means CUDA only where Ray gave this trial a GPU (Ray 2.60 hides none from the others).
+            values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, _cuda_available())
+        tuner_config = make_config(tuner.config_cls, values)
         run = TrialRun(
             tracking_uri=context.tracking_uri,
             experiment_id=context.experiment_id,
@@ -218,6 +224,12 @@ class RungStops(Callback):
             mlflow_log.record_stop(self.tracking_uri, result)
         except Exception as err:  # the run stays open: closed as interrupted, and the resumed trial stops again
             logger.warning("could not record that trial %s stopped at step %s: %s", trial, result.get("steps"), err)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def is_infrastructure_fault(err: BaseException) -> bool:
