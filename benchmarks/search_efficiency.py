@@ -134,7 +134,7 @@ def run_arm(preset: Mapping[str, Any], sampler: str, seed: int) -> Arm:
     """One sweep of ``preset`` with ``sampler``, driven as Tune would, on the synthetic problem."""
     import optuna
 
-    from sweep.pareto import hypervolume_2d
+    from sweep.results.pareto import hypervolume_2d
     from sweep.search import MultiTunerSearch, integer_knobs_of, knobs_from_params, make_searcher, sampled_budget
     from tuners import get_tuner
 
@@ -325,7 +325,7 @@ def run_mf_arm(
     the real :class:`~sweep.scheduler.MOASHA` (``mo_asha``) and at its full budget; the real searchers."""
     import optuna
 
-    from sweep.pareto import hypervolume_2d
+    from sweep.results.pareto import hypervolume_2d
     from sweep.scheduler import MOASHA
     from sweep.search import MultiTunerSearch, integer_knobs_of, knobs_from_params, make_searcher, sampled_budget
     from tuners import get_tuner

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from objectives.errors import ConfigError, UserError
     from objectives.metrics import METRICS
-    from sweep.exports import front_table_text, write_exports
     from sweep.preflight import check_out, check_tracking_uri
+    from sweep.results.exports import front_table_text, write_exports
 
     tracking_uri = args.tracking_uri
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_absolute():
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from sweep.report import collect_curves
+    from sweep.results.report import collect_curves
 
     curves = collect_curves(tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
     header = _sweep_record(tracking_uri, parent, out)

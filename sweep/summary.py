@@ -13,8 +13,8 @@ def duration(seconds: float) -> str:
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
-    from sweep.compare import LEARN_METRIC, learning_text
-    from sweep.exports import front_table_text
+    from sweep.results.compare import LEARN_METRIC, learning_text
+    from sweep.results.exports import front_table_text
 
     exported = summary.get("exported")
     metrics = exported.summary_metrics if exported is not None else {}

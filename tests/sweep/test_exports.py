@@ -13,10 +13,9 @@ import pytest
 from matplotlib.text import Text
 
 from objectives.stats import aggregate
-from sweep.compare import compare_to_baselines
-from sweep.exports import front_latex, front_table_text, latex_escape, write_exports
-from sweep.pareto import compute_fronts
-from sweep.plots import (
+from sweep.results.compare import compare_to_baselines
+from sweep.results.exports import front_latex, front_table_text, latex_escape, write_exports
+from sweep.results.figure import (
     BASELINE_STYLES,
     TUNER_STYLES,
     VIEWS,
@@ -28,6 +27,7 @@ from sweep.plots import (
     short_prompt,
     tuner_styles,
 )
+from sweep.results.pareto import compute_fronts
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NASTY = "50% of #1_best {x} & \n"
@@ -579,7 +579,7 @@ def test_write_exports_needs_two_objectives(tmp_path):
 
 
 def test_learning_margin_averages_trials_within_a_replicate_then_summarises_replicates():
-    from sweep.compare import learning_margin
+    from sweep.results.compare import learning_margin
 
     rows = [
         {"tuner": "rlprompt", **aggregate([{"learn/acc_dev_gain": v} for v in (0.25, 0.0, 0.125)])},

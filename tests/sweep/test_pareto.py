@@ -1,4 +1,4 @@
-"""Closed-form tests of sweep.pareto: fronts, hypervolumes, sign normalisation and proxy-gaming flags."""
+"""Closed-form tests of sweep.results.pareto: fronts, hypervolumes, sign normalisation and proxy-gaming flags."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sweep.pareto import (
+from sweep.results.pareto import (
     Fronts,
     annotate,
     compute_fronts,
@@ -72,7 +72,7 @@ def test_pareto_mask_blocks_match_unblocked(monkeypatch):
     rng = np.random.default_rng(0)
     values = rng.normal(size=(300, 2))
     expected = pareto_mask(values)
-    from sweep import pareto
+    from sweep.results import pareto
 
     monkeypatch.setattr(pareto, "_MAX_BLOCK_ELEMENTS", 7 * 300 * 2)
     assert pareto_mask(values).tolist() == expected.tolist()

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from objectives.stats import aggregate
-from sweep.exports import write_exports
-from sweep.pareto import compute_fronts
-from sweep.report import REPORT_FILE, collect_curves, write_report
+from sweep.results.exports import write_exports
+from sweep.results.pareto import compute_fronts
+from sweep.results.report import REPORT_FILE, collect_curves, write_report
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NAN = float("nan")
@@ -216,12 +216,12 @@ def test_an_empty_table_gives_a_page(tmp_path):
 
 
 def test_a_report_that_fails_leaves_the_other_exports(tmp_path, monkeypatch):
-    import sweep.exports
+    import sweep.results.exports
 
     def broken(*args: object, **kwargs: object) -> Path:
         raise RuntimeError("no plotly here")
 
-    monkeypatch.setattr(sweep.exports, "write_report", broken)
+    monkeypatch.setattr(sweep.results.exports, "write_report", broken)
     result = write_exports(_table(), tmp_path, OBJECTIVES)
     assert REPORT_FILE not in result.files and (tmp_path / "front.tex").exists()
 

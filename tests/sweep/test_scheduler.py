@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from sweep.pareto import hypervolume_2d
+from sweep.results.pareto import hypervolume_2d
 from sweep.scheduler import (
     MOASHA,
     hv_contributions,
@@ -114,7 +114,7 @@ def test_hypervolume_closed_forms_2d_3d_and_the_sweep_implementation():
     # Three unit-axis points against (-1,-1,-1): boxes of 2 each, pairwise overlaps 1, triple overlap 1.
     axes = np.eye(3)
     assert hypervolume(axes, (-1, -1, -1)) == pytest.approx(3 * 2 - 3 * 1 + 1)
-    # The slicing recursion agrees with sweep.pareto's 2-D sweep (a constant 3rd objective of height 1).
+    # The slicing recursion agrees with sweep.results.pareto's 2-D sweep (a constant 3rd objective of height 1).
     rng = np.random.default_rng(0)
     for _ in range(20):
         pts = rng.normal(size=(12, 2))

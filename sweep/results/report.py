@@ -1,8 +1,8 @@
 """The sweep report: ``report.html``, one self-contained page per sweep that a reader opens in any browser.
 
-:func:`write_report` writes it from the annotated trials table and its :class:`~sweep.pareto.Fronts`:
+:func:`write_report` writes it from the annotated trials table and its :class:`~sweep.results.pareto.Fronts`:
 a header (config, package versions, git commit, timings, hypervolumes), the fronts of every tuner with the
-baselines and the replicate intervals in the figure's two views (the same :class:`~sweep.plots.ParetoPlot`
+baselines and the replicate intervals in the figure's two views (the same :class:`~sweep.results.figure.ParetoPlot`
 the paper figure draws, so both show the same points), a sortable trials table, and each trial's learning
 curves from the per-step MLflow metrics that :func:`collect_curves` reads. Hovering a point shows its trial
 (prompt, weights, every metric, the proxy-gaming signals); a click pins it. Nothing is loaded at view time:
@@ -30,9 +30,8 @@ import pandas as pd
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.compare import LEARN_METRIC, beats_column, diff_columns, learning_text
-from sweep.pareto import ALL_KEY, GAMED_COLUMNS, Fronts
-from sweep.plots import (
+from sweep.results.compare import LEARN_METRIC, beats_column, diff_columns, learning_text
+from sweep.results.figure import (
     BASELINE_NAMES,
     BASELINE_STYLES,
     GAMED_COLOR,
@@ -45,6 +44,7 @@ from sweep.plots import (
     tuner_order,
     tuner_styles,
 )
+from sweep.results.pareto import ALL_KEY, GAMED_COLUMNS, Fronts
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ NO_PROMPT_COLOR = "#666666"
 _NOT_METRICS = ("tuner", "trial_id", "mlflow_run_id", "prompt_text", "is_pareto", "is_pareto_all", "proxy_gamed")
 _REPLICATE_COLUMN = re.compile(re.escape(REPLICATE) + r"\d+$")
 _REPLICATE_KEY = re.compile(r"^rep(\d+)/")
-# matplotlib markers of sweep.plots -> Plotly symbols, so a tuner looks the same in the figure and the page.
+# matplotlib markers of sweep.results.figure -> Plotly symbols, so a tuner looks the same in the figure and the page.
 _SYMBOLS = {
     "o": "circle",
     "s": "square",
@@ -792,7 +792,7 @@ def write_report(
 ) -> Path:
     """Write ``out/report.html`` (``out`` is created) and return its path.
 
-    ``table`` is the annotated trials table of :func:`sweep.exports.write_exports` (``beats/*`` and ``vs/*``
+    ``table`` is the annotated trials table of :func:`sweep.results.exports.write_exports` (``beats/*`` and ``vs/*``
     columns are shown where present) and ``fronts`` its fronts; ``curves`` maps MLflow run ids to their
     per-step metrics (:func:`collect_curves`; ``None``: no learning curves); ``header`` holds what
     ``sweep.json`` holds (every key optional: ``config``, ``versions``, ``git_commit``, ``timings``,

@@ -3,7 +3,7 @@
 Tests assert on the computed :class:`ParetoPlot`; :func:`render` turns it into a matplotlib figure and
 :func:`draw` into paper-ready files (one column wide, TrueType fonts embedded in the PDF, text kept as text in
 the SVG, a 300 dpi PNG). Values are in the metrics' original units: the sign flip of
-:func:`sweep.pareto.objective_matrix` stays inside the front computation.
+:func:`sweep.results.pareto.objective_matrix` stays inside the front computation.
 
 A figure has two views of the same points. The fronts are always the search's own (dev-side objectives);
 the *test* view puts the held-out counterpart of each dev metric on its axis (``task/acc_dev`` ->
@@ -35,7 +35,7 @@ from matplotlib.transforms import Bbox
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95
-from sweep.pareto import Fronts
+from sweep.results.pareto import Fronts
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Exports of a sweep's trials: ``trials.parquet``, the Pareto figure, a LaTeX table of the fronts and the
-interactive ``report.html`` (``sweep.report``).
+interactive ``report.html`` (``sweep.results.report``).
 
 :func:`write_exports` is what a sweep (and ``sweep.export``, rebuilding from MLflow) calls at the end;
 :func:`front_latex` and :func:`front_table_text` render the fronts for a paper and for a terminal. The fronts
@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from objectives.metrics import METRICS, metric_info
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share, learning_margin
-from sweep.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
-from sweep.plots import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
-from sweep.report import REPORT_FILE, Curves, write_report
-from sweep.report import table_value as _value
+from sweep.results.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share, learning_margin
+from sweep.results.figure import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
+from sweep.results.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
+from sweep.results.report import REPORT_FILE, Curves, write_report
+from sweep.results.report import table_value as _value
 from sweep.search import STOPPED_AT
 from tuners.baselines import BASELINES
 
@@ -330,7 +330,7 @@ def _caption(
     parts.append(rf"Values are mean $\pm$ sample standard deviation {over} (the mean alone for a single run).")
     parts.append(f"Hypervolume reference point: {reference}.")
     if fronts.hypervolume:
-        # Baselines are references, not searches: sweep.pareto leaves them out of every area.
+        # Baselines are references, not searches: sweep.results.pareto leaves them out of every area.
         volumes = ", ".join(
             f"{latex_escape(k)} {_number(v, digits=4)}"
             for k, v in sorted(fronts.hypervolume.items(), key=lambda kv: kv[0] == ALL_KEY)
@@ -489,10 +489,10 @@ def write_exports(
 
     ``out`` is created. ``trials.parquet`` holds every column of the returned table: ``table`` (not
     modified) plus bool ``is_pareto``, ``is_pareto_all`` and ``proxy_gamed``, the paired comparisons with
-    every baseline (``vs/<baseline>/{diff,low,high}``, ``beats/<baseline>``, see ``sweep.compare``), with
+    every baseline (``vs/<baseline>/{diff,low,high}``, ``beats/<baseline>``, see ``sweep.results.compare``), with
     ``prompt_ids`` as ``list<int64>``. ``labels`` (metric -> text) override the figure's axis labels. Needs
     at least two objectives (the figure plots the first two). ``curves`` (MLflow run id -> per-step metrics,
-    :func:`sweep.report.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
+    :func:`sweep.results.report.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
     header also gets this call's ``summary_metrics``. A report that cannot be written is logged as an error
     and left out of ``files``: it is a view of the exports, and must not cost a finished sweep its record.
     """
