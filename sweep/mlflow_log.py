@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from objectives.errors import ConfigError
+from sweep.results.columns import PARAM_PREFIX, REPLICATE_PROMPTS, STEPS_DONE, STOPPED_AT
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ ROLE = "promptsweep.role"
 SEARCHED = "promptsweep.searched"
 OBJECTIVES = "promptsweep.objectives"
 LABELS = "promptsweep.axis_labels"
-PARAM_PREFIX = "param/"
-REPLICATE_PROMPTS = "replicate_prompts"
 ATTEMPTS = "attempts"
 ERROR = "error"
 TUNE_RESULT = "tune_result.json"
@@ -46,10 +45,6 @@ STATE_FILE = "trial_state.pt"
 # means a trial reported at each rung (``rung/<objective>``); not final metrics.
 _HISTORY = re.compile(r"^((rep\d+/)?(dev|train)|rung)/")
 RUNG_PREFIX = "rung/"
-# How far a trial got (steps every replicate completed), and the rung a scheduler stopped it at (absent for a
-# trial that ran its full budget).
-STEPS_DONE = "steps_done"
-STOPPED_TAG = "stopped_at_step"
 
 
 def is_history_metric(key: str) -> bool:
@@ -298,7 +293,7 @@ def record_stop(tracking_uri: str, result: Mapping[str, Any]) -> None:
         and math.isfinite(v)
     ]
     tags = {
-        STOPPED_TAG: str(step),
+        STOPPED_AT: str(step),
         STEPS_DONE: str(step),
         "prompt_text": str(result.get("prompt_text", ""))[:5000],
         "prompt_ids": str(result.get("prompt_ids", "[]")),
@@ -308,7 +303,7 @@ def record_stop(tracking_uri: str, result: Mapping[str, Any]) -> None:
         client.log_batch(run_id, metrics=metrics[start : start + 500])
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     told = {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    client.log_dict(run_id, {**told, STOPPED_TAG: step}, TUNE_RESULT)
+    client.log_dict(run_id, {**told, STOPPED_AT: step}, TUNE_RESULT)
     _drop_checkpoints(client, run_id)
     client.set_terminated(run_id, "FINISHED")
 
@@ -389,7 +384,7 @@ def child_status_counts(tracking_uri: str, parent_run_id: str) -> dict[str, int]
         counts[run.info.status] = counts.get(run.info.status, 0) + 1
         if int(run.data.tags.get(ATTEMPTS, "1")) > 1:
             counts["retried"] = counts.get("retried", 0) + 1
-        if run.info.status == "FINISHED" and STOPPED_TAG in run.data.tags:
+        if run.info.status == "FINISHED" and STOPPED_AT in run.data.tags:
             counts["stopped"] = counts.get("stopped", 0) + 1
     return counts
 
@@ -496,7 +491,7 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
         row["prompt_ids"] = json.loads(tags.get("prompt_ids", "[]"))
         row[REPLICATE_PROMPTS] = json.loads(tags.get(REPLICATE_PROMPTS, "[]"))
         row[STEPS_DONE] = float(tags[STEPS_DONE]) if STEPS_DONE in tags else math.nan
-        row[STOPPED_TAG] = float(tags[STOPPED_TAG]) if STOPPED_TAG in tags else math.nan
+        row[STOPPED_AT] = float(tags[STOPPED_AT]) if STOPPED_AT in tags else math.nan
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:

@@ -41,6 +41,7 @@ from objectives.errors import DivergedError, UserError
 from sweep import failpoints, mlflow_log
 from sweep.devices import resolve_device
 from sweep.mlflow_log import TrialRun
+from sweep.results.columns import PARAM_PREFIX, REPLICATE_PROMPTS
 from sweep.search import AT_RUNG, knobs_from_params, trial_key
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
@@ -171,7 +172,7 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
     prompt = result.prompt
     told = {
         **result.metrics,
-        **{f"{mlflow_log.PARAM_PREFIX}{w}": v for w, v in weights.items()},
+        **{f"{PARAM_PREFIX}{w}": v for w, v in weights.items()},
         "prompt_text": prompt.prompt_text,
         "mlflow_run_id": run.run_id,
         "wall_s": result.wall_s,
@@ -197,10 +198,10 @@ def _rung_result(partial: ReplicatedResult, weights: Mapping[str, float], run: T
     prompt = partial.prompt
     return {
         **partial.metrics,
-        **{f"{mlflow_log.PARAM_PREFIX}{w}": v for w, v in weights.items()},
+        **{f"{PARAM_PREFIX}{w}": v for w, v in weights.items()},
         "prompt_text": prompt.prompt_text,
         "prompt_ids": json.dumps(prompt.prompt_ids),
-        mlflow_log.REPLICATE_PROMPTS: json.dumps(partial.prompt_texts),
+        REPLICATE_PROMPTS: json.dumps(partial.prompt_texts),
         "mlflow_run_id": run.run_id,
         "wall_s": partial.wall_s,
         "trial_key": key,

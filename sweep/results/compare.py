@@ -18,30 +18,20 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from objectives.stats import paired_difference, replicate_values, summarise
+from objectives.stats import CI95, paired_difference, replicate_values, summarise
+from sweep.results.columns import LEARN_METRIC, TEST_METRIC, TUNER, beats_column, diff_columns, tuners_of
 from tuners.baselines import BASELINES
-
-TEST_METRIC = "task/acc_test"
-
-
-def beats_column(baseline: str) -> str:
-    return f"beats/{baseline}"
-
-
-def diff_columns(baseline: str) -> tuple[str, str, str]:
-    """Columns of the paired difference against ``baseline``: mean, low and high of its 95 % interval."""
-    return f"vs/{baseline}/diff", f"vs/{baseline}/low", f"vs/{baseline}/high"
 
 
 def baselines_in(table: pd.DataFrame) -> list[str]:
     """Baseline tuners present in ``table``, in :data:`BASELINES` order."""
-    present = set(table["tuner"].astype(str)) if len(table) else set()
+    present = set(tuners_of(table))
     return [b for b in BASELINES if b in present]
 
 
 def reference_row(table: pd.DataFrame, baseline: str, metric: str = TEST_METRIC) -> int | None:
     """Positional index of ``baseline``'s best row on ``metric`` (first on ties); ``None`` when absent."""
-    rows = np.flatnonzero(table["tuner"].astype(str).to_numpy() == baseline)
+    rows = np.flatnonzero(tuners_of(table) == baseline)
     if not len(rows) or metric not in table:
         return None
     values = table[metric].to_numpy(dtype=np.float64, na_value=np.nan)[rows]
@@ -63,7 +53,7 @@ def compare_to_baselines(table: pd.DataFrame, metric: str = TEST_METRIC) -> pd.D
         diffs: list[tuple[float, float, float]] = []
         for row in records:
             values = replicate_values(row, metric)
-            if str(row["tuner"]) == baseline or not reference or len(values) != len(reference):
+            if str(row[TUNER]) == baseline or not reference or len(values) != len(reference):
                 diffs.append((math.nan, math.nan, math.nan))
                 continue
             d = paired_difference(values, reference)
@@ -78,7 +68,7 @@ def compare_to_baselines(table: pd.DataFrame, metric: str = TEST_METRIC) -> pd.D
 def front_beats_share(table: pd.DataFrame, is_pareto: Sequence[bool], tuners: Sequence[str]) -> dict[str, float]:
     """``front_beats/<baseline>/<tuner>``: the share of a learned tuner's front points that beat ``baseline``."""
     shares: dict[str, float] = {}
-    tuner_of_row = table["tuner"].astype(str).to_numpy() if len(table) else np.zeros(0, dtype=object)
+    tuner_of_row = tuners_of(table)
     mask = np.asarray(is_pareto, dtype=bool)
     for baseline in baselines_in(table):
         column = beats_column(baseline)
@@ -91,9 +81,6 @@ def front_beats_share(table: pd.DataFrame, is_pareto: Sequence[bool], tuners: Se
             if front.any():
                 shares[f"front_beats/{baseline}/{tuner}"] = float(table[column].to_numpy()[front].mean())
     return shares
-
-
-LEARN_METRIC = "learn/acc_dev_gain"
 
 
 def learning_margin(table: pd.DataFrame) -> dict[str, float]:
@@ -111,7 +98,7 @@ def learning_margin(table: pd.DataFrame) -> dict[str, float]:
     out: dict[str, float] = {}
     if LEARN_METRIC not in table.columns or not len(table):
         return out
-    for tuner, rows in table.groupby(table["tuner"].astype(str), sort=True):
+    for tuner, rows in table.groupby(table[TUNER].astype(str), sort=True):
         by_replicate: dict[int, list[float]] = {}
         trials = 0
         for _, row in rows.iterrows():
@@ -127,7 +114,7 @@ def learning_margin(table: pd.DataFrame) -> dict[str, float]:
         out[key + ".n"] = float(summary.n)
         out[key + ".trials"] = float(trials)
         if summary.n > 1:
-            out[key + ".ci95"] = summary.ci95
+            out[key + CI95] = summary.ci95
     return out
 
 
@@ -136,5 +123,5 @@ def learning_text(summary: Mapping[str, object], tuner: str) -> str:
     mean = summary.get(f"{LEARN_METRIC}/{tuner}")
     if not isinstance(mean, (int, float)) or not math.isfinite(mean):
         return ""
-    ci = summary.get(f"{LEARN_METRIC}/{tuner}.ci95")
+    ci = summary.get(f"{LEARN_METRIC}/{tuner}{CI95}")
     return f"{mean:+.3f}" + (f" ± {ci:.3f}" if isinstance(ci, (int, float)) and math.isfinite(ci) else "")

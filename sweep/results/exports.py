@@ -22,24 +22,43 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from objectives.metrics import METRICS, metric_info
+from objectives.metrics import METRICS
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.results.compare import beats_column, compare_to_baselines, diff_columns, front_beats_share, learning_margin
-from sweep.results.figure import BASELINE_NAMES, VIEWS, draw, held_out_metric, pareto_plot, tuner_order
+from sweep.results.columns import (
+    BASELINE_ABBREVIATIONS,
+    BASELINE_NAMES,
+    BEATS_PREFIX,
+    FLAG_COLUMNS,
+    IS_PARETO,
+    IS_PARETO_ALL,
+    PARAM_PREFIX,
+    PROMPT_IDS,
+    PROMPT_TEXT,
+    PROXY_GAMED,
+    REPLICATE_PROMPTS,
+    STOPPED_AT,
+    TEST_METRIC,
+    TEXT_COLUMNS,
+    TUNER,
+    VS_PREFIX,
+    arrow,
+    beats_column,
+    cell_text,
+    cell_value,
+    diff_columns,
+    direction_words,
+    formatted,
+    tuner_order,
+    tuners_of,
+)
+from sweep.results.compare import compare_to_baselines, front_beats_share, learning_margin
+from sweep.results.figure import VIEWS, draw, held_out_metric, pareto_plot
 from sweep.results.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
 from sweep.results.report import REPORT_FILE, Curves, write_report
-from sweep.results.report import table_value as _value
-from sweep.search import STOPPED_AT
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
 
-TEST_METRIC = "task/acc_test"
-TEXT_COLUMNS = ("tuner", "trial_id", "mlflow_run_id", "prompt_text")
-FLAG_COLUMNS = ("is_pareto", "is_pareto_all", "proxy_gamed")
-PARAM_PREFIX = "param/"
-# Short names of the baselines in the "beats" columns; the LaTeX caption spells them out.
-BASELINE_ABBREVIATIONS = {"no_prompt": "NP", "manual": "HW", "lm_sample": "LM"}
 # The figure's views and their file stems: the test view is the default figure a paper shows.
 PLOT_STEMS = {"test": "pareto", "dev": "pareto_dev"}
 
@@ -94,14 +113,6 @@ def _truncate(text: str, limit: int) -> tuple[str, bool]:
     return (text[:limit], True) if len(text) > limit else (text, False)
 
 
-def _number(value: Any, *, digits: int = 3) -> str:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "--"
-    return f"{number:.{digits}f}" if math.isfinite(number) else "--"
-
-
 def _is_baseline(tuner: str) -> bool:
     return tuner in BASELINES
 
@@ -116,7 +127,7 @@ def _front_rows(table: pd.DataFrame, fronts: Fronts) -> list[tuple[str, list[int
     if len(table) == 0:
         return []
     values = objective_matrix(table, fronts.objectives)
-    tuner_of_row = table["tuner"].astype(str).to_numpy(dtype=object)
+    tuner_of_row = tuners_of(table)
     groups = []
     for tuner in tuner_order([t for t in dict.fromkeys(tuner_of_row.tolist()) if not _is_baseline(t)]):
         rows = np.flatnonzero((tuner_of_row == tuner) & fronts.is_pareto)
@@ -133,7 +144,7 @@ def _baseline_rows(table: pd.DataFrame) -> list[tuple[str, list[int]]]:
     is a reference of its own, not only the best one."""
     if len(table) == 0:
         return []
-    tuner_of_row = table["tuner"].astype(str).to_numpy(dtype=object)
+    tuner_of_row = tuners_of(table)
     groups = []
     for baseline in BASELINES:
         rows = np.flatnonzero(tuner_of_row == baseline)
@@ -163,8 +174,8 @@ def _dedupe(table: pd.DataFrame, rows: Sequence[int], columns: Sequence[str]) ->
     result to a reader, however many weight settings led there. Order of first appearance."""
     groups: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
-        key = (str(table["tuner"].iloc[row]), _prompt(table, row)) + tuple(
-            repr(_value(table, c + suffix, row)) for c in columns for suffix in ("", STD, CI95)
+        key = (cell_text(table, TUNER, row), cell_text(table, PROMPT_TEXT, row)) + tuple(
+            repr(cell_value(table, c + suffix, row)) for c in columns for suffix in ("", STD, CI95)
         )
         groups.setdefault(key, []).append(row)
     return [(members[0], len(members)) for members in groups.values()]
@@ -178,7 +189,7 @@ def _beaten(table: pd.DataFrame, row: int) -> str:
     for baseline in BASELINES:
         if beats_column(baseline) not in table.columns:
             continue
-        compared |= math.isfinite(_value(table, diff_columns(baseline)[1], row))
+        compared |= math.isfinite(cell_value(table, diff_columns(baseline)[1], row))
         flag = table[beats_column(baseline)].iloc[row]
         # Only a real True: a missing flag (NaN after a join, say) must not read as a win.
         if isinstance(flag, (bool, np.bool_)) and flag:
@@ -200,32 +211,14 @@ def _replicates(table: pd.DataFrame, name: str) -> int:
     return count
 
 
-def _prompt(table: pd.DataFrame, row: int) -> str:
-    if "prompt_text" not in table.columns:
-        return ""
-    value = table["prompt_text"].iloc[row]
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
-def _direction(name: str) -> str:
-    return "higher is better" if metric_info(name).higher_is_better else "lower is better"
-
-
-def _reference_original(fronts: Fronts) -> list[float]:
-    """The hypervolume reference in the metrics' original units (the sign flip undone)."""
-    return [
-        r if metric_info(n).higher_is_better else -r for n, r in zip(fronts.objectives, fronts.reference, strict=True)
-    ]
-
-
 def _unmeasured(table: pd.DataFrame, column: str, row: int) -> bool:
     """With no prompt there is nothing to read: its readability columns (0 by convention) are not shown."""
-    return str(table["tuner"].iloc[row]) == "no_prompt" and not column.startswith("task/")
+    return cell_text(table, TUNER, row) == "no_prompt" and not column.startswith("task/")
 
 
 def _mean_std_latex(table: pd.DataFrame, column: str, row: int) -> str:
     """``0.712 $\\pm$ 0.031`` (mean ± sample std over replicates), the mean alone when there is no std."""
-    mean, std = _value(table, column, row), _value(table, column + STD, row)
+    mean, std = cell_value(table, column, row), cell_value(table, column + STD, row)
     if not math.isfinite(mean) or _unmeasured(table, column, row):
         return "--"
     return f"{mean:.3f}" + (rf" $\pm$ {std:.3f}" if math.isfinite(std) else "")
@@ -247,10 +240,7 @@ def front_latex(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 
     """
     columns = _shown_metrics(table, fronts)
     beats = _has_beats(table)
-    header = ["Tuner", "Prompt"] + [
-        latex_escape(name) + (r" $\uparrow$" if metric_info(name).higher_is_better else r" $\downarrow$")
-        for name in columns
-    ]
+    header = ["Tuner", "Prompt"] + [f"{latex_escape(name)} {arrow(name, latex=True)}" for name in columns]
     header += ["Beats"] if beats else []
     lines = [
         r"\begin{table}[t]",
@@ -270,7 +260,7 @@ def front_latex(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 
             if index:
                 out.append(r"\midrule")
             for position, (row, count) in enumerate(_dedupe(table, rows, columns)):
-                text = _prompt(table, row)
+                text = cell_text(table, PROMPT_TEXT, row)
                 if text:
                     text, cut = _truncate(text, max_prompt_chars)
                     prompt = r"\texttt{" + latex_escape(text, keep_spaces=True) + (r"\ldots{}" if cut else "") + "}"
@@ -313,10 +303,10 @@ def _caption(
     any_repeated: bool,
     beats: bool,
 ) -> str:
-    objectives = ", ".join(f"{latex_escape(n)} ({_direction(n)})" for n in fronts.objectives)
+    objectives = ", ".join(f"{latex_escape(n)} ({direction_words(n)})" for n in fronts.objectives)
     reference = ", ".join(
-        f"{latex_escape(n)} = {_number(r, digits=4)}"
-        for n, r in zip(fronts.objectives, _reference_original(fronts), strict=True)
+        f"{latex_escape(n)} = {formatted(r, '.4f', missing='--')}"
+        for n, r in zip(fronts.objectives, fronts.original_reference, strict=True)
     )
     parts = [f"Pareto-optimal prompts of each tuner, selected on dev. Objectives: {objectives}."]
     held_out = [c for c in columns if c not in fronts.objectives]
@@ -332,7 +322,7 @@ def _caption(
     if fronts.hypervolume:
         # Baselines are references, not searches: sweep.results.pareto leaves them out of every area.
         volumes = ", ".join(
-            f"{latex_escape(k)} {_number(v, digits=4)}"
+            f"{latex_escape(k)} {formatted(v, '.4f', missing='--')}"
             for k, v in sorted(fronts.hypervolume.items(), key=lambda kv: kv[0] == ALL_KEY)
         )
         parts.append(f"Hypervolume: {volumes}.")
@@ -354,14 +344,10 @@ def _caption(
 
 
 def _mean_ci_text(table: pd.DataFrame, column: str, row: int) -> str:
-    mean, ci = _value(table, column, row), _value(table, column + CI95, row)
+    mean, ci = cell_value(table, column, row), cell_value(table, column + CI95, row)
     if not math.isfinite(mean) or _unmeasured(table, column, row):
         return "-"
     return f"{mean:.3f}" + (f"±{ci:.3f}" if math.isfinite(ci) else "")
-
-
-def _param_text(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else ""
 
 
 def front_table_text(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: int = 40) -> str:
@@ -377,17 +363,17 @@ def front_table_text(table: pd.DataFrame, fronts: Fronts, *, max_prompt_chars: i
     metrics = _shown_metrics(table, fronts, extra=("interp/log_ppl",))
     params = [str(c) for c in table.columns if str(c).startswith(PARAM_PREFIX)]
     beats = _has_beats(table)
-    header = ["tuner", "prompt", "n", *(p.removeprefix(PARAM_PREFIX) for p in params), *metrics, "gamed", "all"]
+    header = [TUNER, "prompt", "n", *(p.removeprefix(PARAM_PREFIX) for p in params), *metrics, "gamed", "all"]
     header += ["beats"] if beats else []
 
     def cells_of(rows: Sequence[int]) -> list[list[str]]:
         out = []
         for row, count in _dedupe(table, rows, metrics):
-            prompt = repr(_prompt(table, row))
+            prompt = repr(cell_text(table, PROMPT_TEXT, row))
             if len(prompt) > max_prompt_chars:
                 prompt = prompt[: max(1, max_prompt_chars - 3)] + "..."
-            cells = [str(table["tuner"].iloc[row]), prompt, str(count)]
-            cells += [_param_text(_value(table, p, row)) for p in params]
+            cells = [cell_text(table, TUNER, row), prompt, str(count)]
+            cells += [formatted(cell_value(table, p, row), ".3g", missing="") for p in params]
             cells += [_mean_ci_text(table, m, row) for m in metrics]
             cells += ["yes" if fronts.gamed[row] else "", "yes" if fronts.is_pareto_all[row] else ""]
             cells += [_beaten(table, row)] if beats else []
@@ -431,16 +417,16 @@ def _arrow_table(table: pd.DataFrame) -> pa.Table:
     frame = table.reset_index(drop=True)
     forced: dict[str, pa.DataType] = dict.fromkeys(TEXT_COLUMNS, pa.string())
     forced.update(dict.fromkeys(FLAG_COLUMNS, pa.bool_()))
-    forced.update({c: pa.bool_() for c in frame.columns if str(c).startswith("beats/")})
+    forced.update({c: pa.bool_() for c in frame.columns if str(c).startswith(BEATS_PREFIX)})
     forced.update(
-        {c: pa.float64() for c in frame.columns if str(c).startswith(("param/", "vs/")) or _is_metric_column(c)}
+        {c: pa.float64() for c in frame.columns if str(c).startswith((PARAM_PREFIX, VS_PREFIX)) or _is_metric_column(c)}
     )
     # List columns are built apart: pandas keeps no list dtype, and an empty column would come out as float64.
     lists = {
         name: (kind, [convert(v) for v in frame[name]])
         for name, kind, convert in (
-            ("prompt_ids", pa.list_(pa.int64()), _prompt_ids),
-            ("replicate_prompts", pa.list_(pa.string()), _texts),
+            (PROMPT_IDS, pa.list_(pa.int64()), _prompt_ids),
+            (REPLICATE_PROMPTS, pa.list_(pa.string()), _texts),
         )
         if name in frame.columns
     }
@@ -507,8 +493,8 @@ def write_exports(
     full = table[~stopped].reset_index(drop=True)
     fronts = compute_fronts(full, objectives)
     annotated = compare_to_baselines(annotate(full, fronts))
-    kept = table[stopped].assign(is_pareto=False, is_pareto_all=False)
-    kept["proxy_gamed"] = gamed_mask(kept, threshold=fronts.gamed_threshold)
+    kept = table[stopped].assign(**{IS_PARETO: False, IS_PARETO_ALL: False})
+    kept[PROXY_GAMED] = gamed_mask(kept, threshold=fronts.gamed_threshold)
     recorded = pd.concat([annotated, kept], ignore_index=True) if len(kept) else annotated
 
     pq.write_table(_arrow_table(recorded), out / "trials.parquet")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +32,22 @@ from matplotlib.lines import Line2D
 from matplotlib.text import Annotation
 from matplotlib.transforms import Bbox
 
-from objectives.metrics import METRICS, metric_info
+from objectives.metrics import METRICS
 from objectives.stats import CI95
+from sweep.results.columns import (
+    BASELINE_NAMES,
+    BASELINE_STYLES,
+    GAMED_COLOR,
+    GREY,
+    PROMPT_TEXT,
+    TEST_METRIC,
+    arrow,
+    cell_text,
+    higher_is_better,
+    tuner_order,
+    tuner_styles,
+    tuners_of,
+)
 from sweep.results.pareto import Fronts
 from tuners.baselines import BASELINES
 
@@ -42,27 +55,6 @@ logger = logging.getLogger(__name__)
 
 View = Literal["test", "dev"]
 VIEWS: tuple[View, ...] = ("test", "dev")
-
-# Fixed styles so a tuner keeps its colour and marker across figures and papers (Okabe-Ito palette,
-# readable in greyscale and by colour-blind readers). Red is kept for the proxy-gaming overlay.
-TUNER_STYLES: dict[str, tuple[str, str]] = {
-    "pez": ("#0072B2", "o"),
-    "rlprompt": ("#009E73", "s"),
-    "soft": ("#E69F00", "^"),
-}
-_EXTRA_STYLES: tuple[tuple[str, str], ...] = (
-    ("#CC79A7", "D"),
-    ("#56B4E9", "v"),
-    ("#D55E00", "P"),  # was black, which is now the hand-written baseline's colour; same slot, same hashes
-    ("#8C564B", "<"),
-    ("#999999", ">"),
-    ("#7F3C8D", "h"),
-)
-# Baselines are references, not fronts: black/grey markers no tuner style uses, so they never read as a tuner.
-BASELINE_STYLES: dict[str, tuple[str, str]] = {"manual": ("#000000", "*"), "lm_sample": ("#555555", "d")}
-BASELINE_NAMES: dict[str, str] = {"no_prompt": "no prompt", "manual": "hand-written", "lm_sample": "LM-sampled"}
-GAMED_COLOR = "#D00000"
-NO_PROMPT_COLOR = "0.4"
 
 FIGURE_WIDTH = 3.4  # inches: one column of a two-column paper
 AXES_HEIGHT = 2.35  # inches for the axes with their tick labels and axis labels, before the legend
@@ -75,7 +67,7 @@ _LABEL_BOX: dict[str, Any] = {"boxstyle": "square,pad=0.08", "facecolor": "white
 
 # Default axis labels a reader understands without the metric registry. Users override them per sweep.
 AXIS_LABELS: dict[str, str] = {
-    "task/acc_test": "Test accuracy",
+    TEST_METRIC: "Test accuracy",
     "task/acc_dev": "Dev accuracy",
     "task/acc_train": "Train accuracy",
     "task/acc_test_soft": "Test accuracy (soft prompt)",
@@ -198,7 +190,7 @@ def axis_label(name: str, labels: Mapping[str, str] | None = None) -> str:
         return labels[name]
     if name in AXIS_LABELS:
         return AXIS_LABELS[name]
-    return f"{name} {'↑' if metric_info(name).higher_is_better else '↓'}"
+    return f"{name} {arrow(name)}"
 
 
 def held_out_metric(name: str, table: pd.DataFrame | None = None) -> str:
@@ -248,33 +240,6 @@ def short_prompt(text: str, limit: int = LABEL_CHARS) -> str:
     return body[:-1] + "…" + body[-1] if cut else body
 
 
-def tuner_order(tuners: Sequence[str]) -> list[str]:
-    """Known tuners in :data:`TUNER_STYLES` order, then any others sorted by name."""
-    known = [t for t in TUNER_STYLES if t in tuners]
-    return known + sorted(set(tuners) - set(known))
-
-
-def tuner_styles(tuners: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """``(colour, marker)`` per tuner: fixed for known tuners, from a hash of the name for others.
-
-    The hash (CRC-32, stable across processes, unlike ``hash``) keeps an unknown tuner's style the same in
-    every figure; a clash inside one figure moves to the next free style.
-    """
-    styles = {t: TUNER_STYLES[t] for t in tuners if t in TUNER_STYLES}
-    used = set(styles.values())
-    for tuner in sorted(set(tuners) - set(styles)):
-        start = zlib.crc32(tuner.encode("utf-8")) % len(_EXTRA_STYLES)
-        for step in range(len(_EXTRA_STYLES)):
-            style = _EXTRA_STYLES[(start + step) % len(_EXTRA_STYLES)]
-            if style not in used:
-                break
-        else:
-            style = _EXTRA_STYLES[start]  # more unknown tuners than styles: reuse
-        styles[tuner] = style
-        used.add(style)
-    return styles
-
-
 def _column(table: pd.DataFrame, name: str) -> np.ndarray:
     if len(table) == 0:
         return np.zeros(0)
@@ -290,13 +255,7 @@ def _half_width(table: pd.DataFrame, name: str) -> np.ndarray:
 
 
 def _texts(table: pd.DataFrame) -> list[str]:
-    if "prompt_text" not in table.columns:
-        return [""] * len(table)
-    texts = []
-    for value in table["prompt_text"].tolist():
-        text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-        texts.append(short_prompt(text))
-    return texts
+    return [short_prompt(cell_text(table, PROMPT_TEXT, row)) for row in range(len(table))]
 
 
 def _reference(table: pd.DataFrame, rows: np.ndarray, name: str) -> tuple[float | None, float | None]:
@@ -359,7 +318,7 @@ def pareto_plot(
     order_x, order_y = _column(table, objectives[0]), _column(table, objectives[1])
     # Both views draw the same points: one whose dev objectives are missing was never placed by the search.
     drawable = np.isfinite(x_all) & np.isfinite(y_all) & np.isfinite(order_x) & np.isfinite(order_y)
-    tuner_of_row = table["tuner"].astype(str).to_numpy(dtype=object) if len(table) else np.zeros(0, dtype=object)
+    tuner_of_row = tuners_of(table)
     texts = np.array(_texts(table), dtype=object)
     present = list(dict.fromkeys(tuner_of_row.tolist()))
     learned = tuner_order([t for t in present if t not in BASELINES])
@@ -397,7 +356,7 @@ def pareto_plot(
     two = len(fronts.objectives) == 2
     step_where: Literal["pre", "post"] | None = None
     if two and axes == objectives:
-        step_where = "pre" if metric_info(axes[0]).higher_is_better else "post"
+        step_where = "pre" if higher_is_better(axes[0]) else "post"
     x_line, x_line_err = _no_prompt_line(table, tuner_of_row, axes[0])
     y_line, y_line_err = (None, None) if x_line is not None else _no_prompt_line(table, tuner_of_row, axes[1])
     return ParetoPlot(
@@ -564,23 +523,23 @@ def _draw_axes(ax: Axes, plot: ParetoPlot) -> tuple[list[tuple[float, float, str
             ax.axvspan(
                 max(plot.x_baseline - plot.x_baseline_err, plot.x_range[0]),
                 min(plot.x_baseline + plot.x_baseline_err, plot.x_range[1]),
-                color=NO_PROMPT_COLOR,
+                color=GREY,
                 alpha=0.12,
                 linewidth=0,
                 zorder=0,
             )
-        ax.axvline(plot.x_baseline, color=NO_PROMPT_COLOR, linestyle="--", linewidth=0.8, label=plot.baseline_label)
+        ax.axvline(plot.x_baseline, color=GREY, linestyle="--", linewidth=0.8, label=plot.baseline_label)
     if plot.y_baseline is not None:
         if plot.y_baseline_err:
             ax.axhspan(
                 max(plot.y_baseline - plot.y_baseline_err, plot.y_range[0]),
                 min(plot.y_baseline + plot.y_baseline_err, plot.y_range[1]),
-                color=NO_PROMPT_COLOR,
+                color=GREY,
                 alpha=0.12,
                 linewidth=0,
                 zorder=0,
             )
-        ax.axhline(plot.y_baseline, color=NO_PROMPT_COLOR, linestyle="--", linewidth=0.8, label=plot.baseline_label)
+        ax.axhline(plot.y_baseline, color=GREY, linestyle="--", linewidth=0.8, label=plot.baseline_label)
     if plot.series or plot.baselines:
         # Proxy artists: legend entries that explain the faded and crossed points without repeating per tuner.
         if any_dominated:
@@ -590,7 +549,7 @@ def _draw_axes(ax: Axes, plot: ParetoPlot) -> tuple[list[tuple[float, float, str
                 linestyle="none",
                 marker="o",
                 markersize=MARKER_SIZE,
-                color="0.4",
+                color=GREY,
                 alpha=plot.dominated_alpha,
                 label="dominated",
             )
@@ -759,7 +718,7 @@ def render(plot: ParetoPlot) -> Figure:
                 ha="right",
                 va="top" if vertical else "bottom",
                 fontsize=LABEL_SIZE + 0.5,
-                color=NO_PROMPT_COLOR,
+                color=GREY,
                 bbox=_LABEL_BOX,
                 zorder=6,
             )

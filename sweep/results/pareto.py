@@ -1,7 +1,9 @@
 """Pareto fronts and hypervolumes of a sweep's trials, in pure numpy.
 
-Every function past :func:`objective_matrix` works on *maximisation*: :func:`objective_matrix` is the one
-place where a lower-is-better metric (``METRICS[name].higher_is_better`` is False) has its sign flipped.
+Every function past :func:`objective_matrix` works on *maximisation*: :func:`_signs` is the one place where a
+lower-is-better metric (``METRICS[name].higher_is_better`` is False) has its sign flipped, by
+:func:`objective_matrix` on the way in and by :func:`original_units` on the way back (a hypervolume reference
+shown to a reader). Other modules never flip a sign.
 
 Shape letters: ``n`` trials (rows of the trials table), ``k`` objectives.
 
@@ -18,17 +20,30 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from objectives.metrics import metric_info
+from sweep.results.columns import (
+    GAMED_COLUMNS,
+    IS_PARETO,
+    IS_PARETO_ALL,
+    PROXY_GAMED,
+    TUNER,
+    higher_is_better,
+    tuners_of,
+)
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
 
-# Signals of the paper's "odd behaviour": a perplexity proxy optimised into repeated or special tokens.
-GAMED_COLUMNS = ("interp/repeat_frac", "interp/special_frac")
 ALL_KEY = "all"
 
 # Bounds the (block, n, k) comparison tensor of pareto_mask to about this many elements.
 _MAX_BLOCK_ELEMENTS = 1 << 22
+
+
+def _signs(objectives: Sequence[str]) -> np.ndarray:
+    """``(k,)``: +1 for a higher-is-better objective, -1 for a lower-is-better one (its sign is flipped)."""
+    if len(objectives) == 0:
+        raise ValueError("need at least one objective")
+    return np.array([1.0 if higher_is_better(name) else -1.0 for name in objectives])
 
 
 def objective_matrix(table: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
@@ -38,9 +53,7 @@ def objective_matrix(table: pd.DataFrame, objectives: Sequence[str]) -> np.ndarr
     negation. NaN stays NaN. An unregistered name raises ``KeyError`` suggesting close names; a registered
     name missing from a non-empty table raises ``KeyError`` naming the columns it has.
     """
-    if len(objectives) == 0:
-        raise ValueError("need at least one objective")
-    signs = np.array([1.0 if metric_info(name).higher_is_better else -1.0 for name in objectives])
+    signs = _signs(objectives)
     if len(table) == 0:
         return np.zeros((0, len(objectives)), dtype=np.float64)
     missing = [name for name in objectives if name not in table.columns]
@@ -48,6 +61,11 @@ def objective_matrix(table: pd.DataFrame, objectives: Sequence[str]) -> np.ndarr
         raise KeyError(f"trials table has no column for objective(s) {missing}; columns: {list(table.columns)}")
     values = table[list(objectives)].to_numpy(dtype=np.float64, na_value=np.nan)
     return values * signs
+
+
+def original_units(objectives: Sequence[str], values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """``values`` ``(..., k)`` in maximisation space back in the metrics' own units (the flip undone)."""
+    return np.asarray(values, dtype=np.float64) * _signs(objectives)
 
 
 def _as_matrix(values: np.ndarray) -> np.ndarray:
@@ -154,6 +172,11 @@ class Fronts:
             array.setflags(write=False)
             object.__setattr__(self, name, array)
 
+    @property
+    def original_reference(self) -> tuple[float, ...]:
+        """:attr:`reference` in the metrics' own units, as a reader is shown it."""
+        return tuple(float(r) for r in original_units(self.objectives, self.reference))
+
 
 def gamed_mask(table: pd.DataFrame, *, threshold: float = 0.3) -> np.ndarray:
     """Bool ``(n,)``: ``interp/repeat_frac > threshold`` or ``interp/special_frac > threshold``.
@@ -169,11 +192,9 @@ def gamed_mask(table: pd.DataFrame, *, threshold: float = 0.3) -> np.ndarray:
 
 
 def _tuner_names(table: pd.DataFrame) -> np.ndarray:
-    if len(table) == 0:
-        return np.zeros(0, dtype=object)
-    if "tuner" not in table.columns:
-        raise KeyError(f"trials table has no 'tuner' column; columns: {list(table.columns)}")
-    return table["tuner"].astype(str).to_numpy(dtype=object)
+    if len(table) and TUNER not in table.columns:
+        raise KeyError(f"trials table has no {TUNER!r} column; columns: {list(table.columns)}")
+    return tuners_of(table)
 
 
 def compute_fronts(table: pd.DataFrame, objectives: Sequence[str], *, gamed_threshold: float = 0.3) -> Fronts:
@@ -232,7 +253,7 @@ def annotate(table: pd.DataFrame, fronts: Fronts) -> pd.DataFrame:
     if len(fronts.is_pareto) != len(table):
         raise ValueError(f"fronts cover {len(fronts.is_pareto)} trials but the table has {len(table)} rows")
     annotated = table.copy()
-    annotated["is_pareto"] = np.array(fronts.is_pareto, dtype=bool)
-    annotated["is_pareto_all"] = np.array(fronts.is_pareto_all, dtype=bool)
-    annotated["proxy_gamed"] = np.array(fronts.gamed, dtype=bool)
+    annotated[IS_PARETO] = np.array(fronts.is_pareto, dtype=bool)
+    annotated[IS_PARETO_ALL] = np.array(fronts.is_pareto_all, dtype=bool)
+    annotated[PROXY_GAMED] = np.array(fronts.gamed, dtype=bool)
     return annotated

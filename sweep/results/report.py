@@ -28,23 +28,43 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from objectives.metrics import METRICS, metric_info
+from objectives.metrics import METRICS
 from objectives.stats import CI95, REPLICATE, STD
-from sweep.results.compare import LEARN_METRIC, beats_column, diff_columns, learning_text
-from sweep.results.figure import (
+from sweep.results.columns import (
     BASELINE_NAMES,
     BASELINE_STYLES,
+    BEATS_PREFIX,
+    FLAG_COLUMNS,
     GAMED_COLOR,
-    VIEWS,
-    ParetoPlot,
-    TunerSeries,
-    held_out_metric,
-    pareto_plot,
-    short_prompt,
+    GAMED_COLUMNS,
+    GREY,
+    LEARN_METRIC,
+    LOG_PPL,
+    PARAM_PREFIX,
+    PROMPT_TEXT,
+    PROXY_GAMED,
+    REPLICATE_PROMPTS,
+    RUN_ID,
+    TEST_METRIC,
+    TEXT_COLUMNS,
+    TRIAL_ID,
+    TUNER,
+    VS_PREFIX,
+    WORD_FRAC,
+    arrow,
+    beats_column,
+    cell_text,
+    cell_value,
+    diff_columns,
+    formatted,
+    rgba,
     tuner_order,
     tuner_styles,
+    tuners_of,
 )
-from sweep.results.pareto import ALL_KEY, GAMED_COLUMNS, Fronts
+from sweep.results.compare import learning_text
+from sweep.results.figure import VIEWS, ParetoPlot, TunerSeries, held_out_metric, pareto_plot, short_prompt
+from sweep.results.pareto import ALL_KEY, Fronts, objective_matrix
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
@@ -52,11 +72,8 @@ logger = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 # Points kept per learning curve: enough to show its shape, few enough that a long sweep's page stays small.
 CURVE_POINTS = 500
-PARAM_PREFIX = "param/"
-TEST_METRIC = "task/acc_test"
-NO_PROMPT_COLOR = "#666666"
 # Columns that are neither metrics nor weights: they are shown as text or flags, never as numbers.
-_NOT_METRICS = ("tuner", "trial_id", "mlflow_run_id", "prompt_text", "is_pareto", "is_pareto_all", "proxy_gamed")
+_NOT_METRICS = (*TEXT_COLUMNS, *FLAG_COLUMNS)
 _REPLICATE_COLUMN = re.compile(re.escape(REPLICATE) + r"\d+$")
 _REPLICATE_KEY = re.compile(r"^rep(\d+)/")
 # matplotlib markers of sweep.results.figure -> Plotly symbols, so a tuner looks the same in the figure and the page.
@@ -137,25 +154,6 @@ def _thin(points: list[tuple[int, float]], limit: int) -> list[tuple[int, float]
 # --- values of the table ---------------------------------------------------------------------------------------
 
 
-def table_value(table: pd.DataFrame, column: str, row: int) -> float:
-    """The float in ``column`` of positional ``row``; NaN where the column is missing or holds no number."""
-    if column not in table.columns:
-        return math.nan
-    try:
-        return float(table[column].iloc[row])
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _text(table: pd.DataFrame, column: str, row: int) -> str:
-    if column not in table.columns:
-        return ""
-    value = table[column].iloc[row]
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return str(value)
-
-
 def _texts(table: pd.DataFrame, column: str, row: int) -> list[str]:
     if column not in table.columns:
         return []
@@ -165,17 +163,9 @@ def _texts(table: pd.DataFrame, column: str, row: int) -> list[str]:
     return []
 
 
-def _number(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}" if math.isfinite(value) else "–"
-
-
-def _param_text(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else "–"
-
-
 def _is_metric(table: pd.DataFrame, column: Any) -> bool:
     name = str(column)
-    if name in _NOT_METRICS or name.startswith((PARAM_PREFIX, "vs/", "beats/")):
+    if name in _NOT_METRICS or name.startswith((PARAM_PREFIX, VS_PREFIX, BEATS_PREFIX)):
         return False
     if name.endswith((STD, CI95)) or _REPLICATE_COLUMN.search(name):
         return False
@@ -188,7 +178,7 @@ def _metric_names(table: pd.DataFrame, fronts: Fronts) -> list[str]:
     proxy-gaming signals, then the registry's order, then any other numeric column by name."""
     present = [str(c) for c in table.columns if _is_metric(table, c)]
     first = [n for o in fronts.objectives for n in (o, held_out_metric(o, table))]
-    first += [TEST_METRIC, *GAMED_COLUMNS, "interp/word_frac", "interp/log_ppl"]
+    first += [TEST_METRIC, *GAMED_COLUMNS, WORD_FRAC, LOG_PPL]
     order = {name: i for i, name in enumerate(dict.fromkeys(first + list(METRICS)))}
     return sorted(present, key=lambda n: (order.get(n, len(order)), n))
 
@@ -196,40 +186,40 @@ def _metric_names(table: pd.DataFrame, fronts: Fronts) -> list[str]:
 def _table_metrics(table: pd.DataFrame, fronts: Fronts) -> list[str]:
     """The metrics the trials table shows (the rest are in each trial's details)."""
     wanted = [n for o in fronts.objectives for n in (o, held_out_metric(o, table))]
-    wanted += [TEST_METRIC, "interp/log_ppl", "interp/word_frac", *GAMED_COLUMNS]
+    wanted += [TEST_METRIC, LOG_PPL, WORD_FRAC, *GAMED_COLUMNS]
     return [n for n in dict.fromkeys(wanted) if n in table.columns]
 
 
 def _measured(table: pd.DataFrame, column: str, row: int) -> float:
     """``column``'s value, NaN where there is nothing to measure: with no prompt there is no text to read,
     so its readability and faithfulness columns (0 by convention) are not shown as a score."""
-    if _text(table, "tuner", row) == "no_prompt" and not column.startswith(("task/", "baseline/")):
+    if cell_text(table, TUNER, row) == "no_prompt" and not column.startswith(("task/", "baseline/")):
         return math.nan
-    return table_value(table, column, row)
+    return cell_value(table, column, row)
 
 
 def _mean_ci(table: pd.DataFrame, name: str, row: int) -> str:
     mean, ci = _measured(table, name, row), _measured(table, name + CI95, row)
     if not math.isfinite(mean):
         return "–"
-    return _number(mean) + (f" ± {_number(ci)}" if math.isfinite(ci) else "")
+    return formatted(mean) + (f" ± {formatted(ci)}" if math.isfinite(ci) else "")
 
 
 def _direction(name: str) -> str:
     if name not in METRICS:
         return ""
-    return " ↑" if metric_info(name).higher_is_better else " ↓"
+    return f" {arrow(name)}"
 
 
 def _styles(table: pd.DataFrame) -> dict[str, tuple[str, str, str]]:
     """``(label, colour, plotly symbol)`` per tuner and baseline present, learned tuners first."""
-    present = list(dict.fromkeys(table["tuner"].astype(str).tolist())) if len(table) else []
+    present = list(dict.fromkeys(tuners_of(table).tolist()))
     learned = tuner_order([t for t in present if t not in BASELINES])
     out = {t: (t, color, _SYMBOLS.get(marker, "circle")) for t, (color, marker) in tuner_styles(learned).items()}
     out = {t: out[t] for t in learned}
     for baseline in BASELINES:
         if baseline in present:
-            color, marker = BASELINE_STYLES.get(baseline, (NO_PROMPT_COLOR, "o"))
+            color, marker = BASELINE_STYLES.get(baseline, (GREY, "o"))
             out[baseline] = (BASELINE_NAMES[baseline], color, _SYMBOLS.get(marker, "circle"))
     return out
 
@@ -290,34 +280,26 @@ def _hover(table: pd.DataFrame, fronts: Fronts, row: int, axes: Sequence[str], l
     def esc(text: str) -> str:
         return html.escape(text, quote=False)
 
-    tuner = _text(table, "tuner", row)
-    head = f"<b>{esc(BASELINE_NAMES.get(tuner, tuner))}</b> · trial {esc(_text(table, 'trial_id', row) or '?')}"
+    tuner = cell_text(table, TUNER, row)
+    head = f"<b>{esc(BASELINE_NAMES.get(tuner, tuner))}</b> · trial {esc(cell_text(table, TRIAL_ID, row) or '?')}"
     if fronts.is_pareto[row] and tuner not in BASELINES:
         head += " · on its front"
-    prompt = _text(table, "prompt_text", row)
+    prompt = cell_text(table, PROMPT_TEXT, row)
     lines = [head, esc(short_prompt(prompt, 60)) if prompt else "<i>(no prompt)</i>"]
     weights = [
-        f"{esc(str(c).removeprefix(PARAM_PREFIX))} = {_param_text(table_value(table, str(c), row))}"
+        f"{esc(str(c).removeprefix(PARAM_PREFIX))} = {formatted(cell_value(table, str(c), row), '.3g')}"
         for c in table.columns
-        if str(c).startswith(PARAM_PREFIX) and math.isfinite(table_value(table, str(c), row))
+        if str(c).startswith(PARAM_PREFIX) and math.isfinite(cell_value(table, str(c), row))
     ]
     if weights:
         lines.append("weights: " + ", ".join(weights))
     for axis, label in zip(axes, labels, strict=True):
         lines.append(f"{esc(label)}: {_mean_ci(table, axis, row)}")
     if fronts.gamed[row]:
-        signals = ", ".join(f"{c.split('/')[-1]} {_number(table_value(table, c, row), 2)}" for c in GAMED_COLUMNS)
+        signals = ", ".join(f"{c.split('/')[-1]} {formatted(cell_value(table, c, row), '.2f')}" for c in GAMED_COLUMNS)
         lines.append(f"<span style='color:{GAMED_COLOR}'>proxy gamed: {esc(signals)}</span>")
     lines.append("<i>click to pin</i>")
     return "<br>".join(lines)
-
-
-def _rgba(color: str, alpha: float) -> str:
-    """``#RRGGBB`` as a CSS ``rgba()`` with ``alpha``; any other colour as given."""
-    if re.fullmatch(r"#[0-9a-fA-F]{6}", color):
-        red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
-        return f"rgba({red},{green},{blue},{alpha})"
-    return color
 
 
 def _errors(values: np.ndarray, err: np.ndarray, bounds: tuple[float, float], color: str) -> dict[str, Any] | None:
@@ -333,7 +315,7 @@ def _errors(values: np.ndarray, err: np.ndarray, bounds: tuple[float, float], co
         "array": plus.tolist(),
         "arrayminus": minus.tolist(),
         # Translucent: with few replicates the t-intervals are wide, and opaque bars would bury the points.
-        "color": _rgba(color, 0.45),
+        "color": rgba(color, 0.45),
         "thickness": 1,
         "width": 0,
     }
@@ -400,8 +382,8 @@ def _no_prompt_traces(plot: ParetoPlot, table: pd.DataFrame, hovers: Sequence[st
     err = (plot.x_baseline_err if vertical else plot.y_baseline_err) or 0.0
     bounds = plot.x_range if vertical else plot.y_range
     axis = plot.axes[0] if vertical else plot.axes[1]
-    rows = np.flatnonzero(table["tuner"].astype(str).to_numpy() == "no_prompt")
-    finite = [int(r) for r in rows if math.isfinite(table_value(table, axis, int(r)))]
+    rows = np.flatnonzero(tuners_of(table) == "no_prompt")
+    finite = [int(r) for r in rows if math.isfinite(cell_value(table, axis, int(r)))]
     # -1: the line comes from the baseline/acc_* column of an older sweep, with no no_prompt trial to show.
     row = finite[0] if finite else -1
     low, high = _span(plot, "y" if vertical else "x")
@@ -414,12 +396,12 @@ def _no_prompt_traces(plot: ParetoPlot, table: pd.DataFrame, hovers: Sequence[st
         "x": along if vertical else across,
         "y": across if vertical else along,
         "customdata": [row] * len(across),
-        "text": [hovers[row] if row >= 0 else f"no prompt: {_number(value)}"] * len(across),
+        "text": [hovers[row] if row >= 0 else f"no prompt: {formatted(value)}"] * len(across),
         "hovertemplate": "%{text}<extra></extra>",
         "name": plot.baseline_label,
         "legendgroup": "no_prompt",
         "meta": meta,
-        "line": {"color": NO_PROMPT_COLOR, "dash": "dash", "width": 1.5},
+        "line": {"color": GREY, "dash": "dash", "width": 1.5},
     }
     traces = [line]
     if err > 0:
@@ -433,7 +415,7 @@ def _no_prompt_traces(plot: ParetoPlot, table: pd.DataFrame, hovers: Sequence[st
                 "x": band_along if vertical else band_across,
                 "y": band_across if vertical else band_along,
                 "fill": "toself",
-                "fillcolor": "rgba(102,102,102,0.12)",
+                "fillcolor": rgba(GREY, 0.12),
                 "line": {"width": 0},
                 "hoverinfo": "skip",
                 "showlegend": False,
@@ -488,7 +470,7 @@ def _figure(plot: ParetoPlot, table: pd.DataFrame, fronts: Fronts, styles: Mappi
                     "meta": {"group": s.tuner, "kind": "gamed", "counts": False},
                 }
             )
-    keys = [("dominated", {"color": "#666666", "symbol": "circle", "size": 9, "opacity": 0.3})] if any_dominated else []
+    keys = [("dominated", {"color": GREY, "symbol": "circle", "size": 9, "opacity": 0.3})] if any_dominated else []
     keys.append((plot.gamed_label, _GAMED_MARKER))
     for name, marker in keys:
         # Legend keys only: never toggled, never hovered.
@@ -587,7 +569,7 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
         head += "</tr>"
         body = ""
         for tuner, volume in volumes:
-            cells = [_esc("all tuners" if tuner == ALL_KEY else tuner), _number(float(volume), 4)]
+            cells = [_esc("all tuners" if tuner == ALL_KEY else tuner), formatted(volume, ".4f")]
             for b in baselines:
                 share = summary.get(f"front_beats/{b}/{tuner}")
                 cells.append(f"{float(share):.0%}" if isinstance(share, (int, float)) and math.isfinite(share) else "")
@@ -595,8 +577,7 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
                 cells.append(_esc(learning_text(summary, tuner)))
             body += "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
         reference = ", ".join(
-            f"{o} = {_number(r if metric_info(o).higher_is_better else -r, 4)}"
-            for o, r in zip(fronts.objectives, fronts.reference, strict=True)
+            f"{o} = {formatted(r, '.4f')}" for o, r in zip(fronts.objectives, fronts.original_reference, strict=True)
         )
         volume_html = (
             f'<table class="volumes">{head}{body}</table>'
@@ -650,9 +631,9 @@ def _controls_html(styles: Mapping[str, tuple[str, str, str]], views: Sequence[s
 
 def _detail_html(table: pd.DataFrame, fronts: Fronts, row: int, metrics: Sequence[str], color: str) -> str:
     """Everything about one trial, rendered here (escaped once, in Python) and shown by the page's script."""
-    tuner = _text(table, "tuner", row)
+    tuner = cell_text(table, TUNER, row)
     label = BASELINE_NAMES.get(tuner, tuner)
-    prompt = _text(table, "prompt_text", row)
+    prompt = cell_text(table, PROMPT_TEXT, row)
     badges = []
     if tuner not in BASELINES and fronts.is_pareto[row]:
         badges.append('<span class="badge front">on its front</span>')
@@ -662,26 +643,26 @@ def _detail_html(table: pd.DataFrame, fronts: Fronts, row: int, metrics: Sequenc
         badges.append('<span class="badge gamed">proxy gamed</span>')
     parts = [
         f'<h3><span class="swatch" style="background:{_esc(color)}"></span>{_esc(label)} · trial '
-        f"{_esc(_text(table, 'trial_id', row) or '?')}</h3>",
+        f"{_esc(cell_text(table, TRIAL_ID, row) or '?')}</h3>",
         f'<p class="badges">{"".join(badges)}</p>' if badges else "",
         f'<pre class="prompt">{_esc(repr(prompt)) if prompt else "(no prompt)"}</pre>',
     ]
-    replicates = _texts(table, "replicate_prompts", row)
+    replicates = _texts(table, REPLICATE_PROMPTS, row)
     if replicates and any(r != prompt for r in replicates):
         items = "".join(f"<li><code>{_esc(repr(r))}</code></li>" for r in replicates)
         parts.append(f'<p class="sub">Prompt of each replicate:</p><ol class="replicates" start="0">{items}</ol>')
     weights = [
-        (str(c).removeprefix(PARAM_PREFIX), table_value(table, str(c), row))
+        (str(c).removeprefix(PARAM_PREFIX), cell_value(table, str(c), row))
         for c in table.columns
         if str(c).startswith(PARAM_PREFIX)
     ]
     weights = [(w, v) for w, v in weights if math.isfinite(v)]
     if weights:
-        cells = "".join(f"<tr><th>{_esc(w)}</th><td>{_param_text(v)}</td></tr>" for w, v in weights)
+        cells = "".join(f"<tr><th>{_esc(w)}</th><td>{formatted(v, '.3g')}</td></tr>" for w, v in weights)
         parts.append(f'<h4>Weights</h4><table class="kv">{cells}</table>')
     threshold = f"{fronts.gamed_threshold:g}"
-    signals = [("proxy_gamed", "yes" if fronts.gamed[row] else "no", f"repeat or special share over {threshold}")]
-    for column in (*GAMED_COLUMNS, "interp/word_frac", "interp/log_ppl"):
+    signals = [(PROXY_GAMED, "yes" if fronts.gamed[row] else "no", f"repeat or special share over {threshold}")]
+    for column in (*GAMED_COLUMNS, WORD_FRAC, LOG_PPL):
         if column in table.columns:
             signals.append((column, _mean_ci(table, column, row), ""))
     cells = "".join(
@@ -692,9 +673,9 @@ def _detail_html(table: pd.DataFrame, fronts: Fronts, row: int, metrics: Sequenc
     for name in metrics:
         mean, ci, std = (_measured(table, name + s, row) for s in ("", CI95, STD))
         rows += (
-            f"<tr><th>{_esc(name)}{_direction(name)}</th><td>{_number(mean)}</td>"
-            f"<td>{'± ' + _number(ci) if math.isfinite(ci) else ''}</td>"
-            f"<td>{_number(std) if math.isfinite(std) else ''}</td></tr>"
+            f"<tr><th>{_esc(name)}{_direction(name)}</th><td>{formatted(mean)}</td>"
+            f"<td>{'± ' + formatted(ci) if math.isfinite(ci) else ''}</td>"
+            f"<td>{formatted(std) if math.isfinite(std) else ''}</td></tr>"
         )
     parts.append(
         '<h4>Metrics</h4><table class="kv metrics"><tr><th></th><th>mean</th><th>95 % CI</th><th>std</th></tr>'
@@ -702,18 +683,18 @@ def _detail_html(table: pd.DataFrame, fronts: Fronts, row: int, metrics: Sequenc
     )
     versus = ""
     for baseline in BASELINES:
-        diff, low, high = (table_value(table, c, row) for c in diff_columns(baseline))
+        diff, low, high = (cell_value(table, c, row) for c in diff_columns(baseline))
         if math.isfinite(diff):
             beats = "beats it" if BASELINE_NAMES[baseline] in _beaten(table, row) else ""
             versus += (
-                f"<tr><th>{_esc(BASELINE_NAMES[baseline])}</th><td>{diff:+.3f} [{_number(low)}, {_number(high)}]</td>"
-                f"<td>{beats}</td></tr>"
+                f"<tr><th>{_esc(BASELINE_NAMES[baseline])}</th>"
+                f"<td>{diff:+.3f} [{formatted(low)}, {formatted(high)}]</td><td>{beats}</td></tr>"
             )
     if versus:
         parts.append(
             f'<h4>Test accuracy against the baselines (paired 95 % interval)</h4><table class="kv">{versus}</table>'
         )
-    run_id = _text(table, "mlflow_run_id", row)
+    run_id = cell_text(table, RUN_ID, row)
     if run_id:
         parts.append(f'<p class="note">MLflow run <code>{_esc(run_id)}</code></p>')
     return f'<div class="trial" data-row="{row}" hidden>{"".join(parts)}</div>'
@@ -723,25 +704,25 @@ def _trials_table_html(
     table: pd.DataFrame, fronts: Fronts, metrics: Sequence[str], styles: Mapping[str, tuple[str, str, str]]
 ) -> str:
     params = [str(c) for c in table.columns if str(c).startswith(PARAM_PREFIX)]
-    head = [("tuner", "text"), ("trial", "text"), ("prompt", "text")]
+    head = [(TUNER, "text"), ("trial", "text"), ("prompt", "text")]
     head += [(p.removeprefix(PARAM_PREFIX), "num") for p in params]
     head += [(m + _direction(m), "num") for m in metrics]
     head += [("front", "num"), ("all", "num"), ("gamed", "num"), ("beats", "text")]
     header = "".join(f'<th data-type="{kind}" title="sort">{_esc(name)}</th>' for name, kind in head)
     body = []
     for row in range(len(table)):
-        tuner = _text(table, "tuner", row)
-        label, color, _ = styles.get(tuner, (tuner, NO_PROMPT_COLOR, ""))
-        prompt = _text(table, "prompt_text", row)
+        tuner = cell_text(table, TUNER, row)
+        label, color, _ = styles.get(tuner, (tuner, GREY, ""))
+        prompt = cell_text(table, PROMPT_TEXT, row)
         shown = repr(prompt) if prompt else "(no prompt)"
         cells = [
             (label, f'<span class="swatch" style="background:{_esc(color)}"></span>{_esc(label)}'),
-            (_text(table, "trial_id", row), _esc(_text(table, "trial_id", row))),
+            (cell_text(table, TRIAL_ID, row), _esc(cell_text(table, TRIAL_ID, row))),
             (prompt, f'<code title="{_esc(shown)}">{_esc(shown if len(shown) <= 60 else shown[:59] + "…")}</code>'),
         ]
         for p in params:
-            value = table_value(table, p, row)
-            cells.append((repr(value) if math.isfinite(value) else "", _param_text(value)))
+            value = cell_value(table, p, row)
+            cells.append((repr(value) if math.isfinite(value) else "", formatted(value, ".3g")))
         for m in metrics:
             value = _measured(table, m, row)
             cells.append((repr(value) if math.isfinite(value) else "", _esc(_mean_ci(table, m, row))))
@@ -759,10 +740,9 @@ def _initial_row(table: pd.DataFrame, fronts: Fronts) -> int | None:
     objective, so the page opens on something worth reading."""
     rows = np.flatnonzero(fronts.is_pareto_all)
     if len(rows) and fronts.objectives[0] in table.columns:
-        values = table[fronts.objectives[0]].to_numpy(dtype=np.float64, na_value=np.nan)[rows]
-        sign = 1.0 if metric_info(fronts.objectives[0]).higher_is_better else -1.0
+        values = objective_matrix(table, fronts.objectives[:1])[rows, 0]  # larger is better
         if np.isfinite(values).any():
-            return int(rows[int(np.nanargmax(sign * values))])
+            return int(rows[int(np.nanargmax(values))])
     return 0 if len(table) else None
 
 
@@ -772,7 +752,7 @@ def _curve_payload(table: pd.DataFrame, curves: Curves | None) -> tuple[dict[str
     by_row: dict[str, Any] = {}
     names: set[str] = set()
     for row in range(len(table)):
-        run = (curves or {}).get(_text(table, "mlflow_run_id", row))
+        run = (curves or {}).get(cell_text(table, RUN_ID, row))
         if not run:
             continue
         by_row[str(row)] = {key: [[p[0] for p in points], [p[1] for p in points]] for key, points in run.items()}
@@ -814,7 +794,7 @@ def write_report(
     curve_rows, curve_keys = _curve_payload(table, curves)
     colors = {t: c for t, (_, c, _) in styles.items()}
     trials = [
-        {"tuner": _text(table, "tuner", r), "color": colors.get(_text(table, "tuner", r), NO_PROMPT_COLOR)}
+        {TUNER: cell_text(table, TUNER, r), "color": colors.get(cell_text(table, TUNER, r), GREY)}
         for r in range(len(table))
     ]
     payload = {

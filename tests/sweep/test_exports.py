@@ -13,11 +13,10 @@ import pytest
 from matplotlib.text import Text
 
 from objectives.stats import aggregate
+from sweep.results.columns import BASELINE_STYLES, TUNER_STYLES, tuner_styles
 from sweep.results.compare import compare_to_baselines
 from sweep.results.exports import front_latex, front_table_text, latex_escape, write_exports
 from sweep.results.figure import (
-    BASELINE_STYLES,
-    TUNER_STYLES,
     VIEWS,
     axis_label,
     draw,
@@ -25,7 +24,6 @@ from sweep.results.figure import (
     pareto_plot,
     render,
     short_prompt,
-    tuner_styles,
 )
 from sweep.results.pareto import compute_fronts
 

@@ -15,6 +15,7 @@ from sweep.results.pareto import (
     gamed_mask,
     hypervolume_2d,
     objective_matrix,
+    original_units,
     pareto_mask,
     reference_point,
 )
@@ -150,6 +151,17 @@ def test_objective_matrix_negates_lower_is_better():
     assert values[:, 0].tolist() == [0.5, 0.75]
     assert values[0, 1] == -3.0 and math.isnan(values[1, 1])
     assert values[:, 2].tolist() == [-3.0, 1.0]
+
+
+def test_original_units_undo_the_flip_and_nothing_else():
+    objectives = ["task/acc_dev", "interp/log_ppl"]
+    table = pd.DataFrame({"task/acc_dev": [0.5, 0.75], "interp/log_ppl": [3.0, 4.5]})
+    back = original_units(objectives, objective_matrix(table, objectives))
+    assert back.tolist() == table.to_numpy().tolist()
+    assert original_units(objectives, (0.35, -6.4)).tolist() == [0.35, 6.4]
+    # The reference a reader is shown: log_ppl back in its own units (lower is better, so it was negated).
+    fronts = compute_fronts(_table(), objectives)
+    assert fronts.original_reference == pytest.approx((0.4 - 0.05, 6.0 + 0.4))
 
 
 def test_objective_matrix_unknown_metric_suggests_close_names():
