@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
-def duration(seconds: float) -> str:
-    """``75.4`` -> ``1 min 15 s``; ``9.6`` -> ``10 s``."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+from sweep.results.columns import duration
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:

@@ -1,5 +1,5 @@
 """The vocabulary of a sweep's results, defined once: column and metric names, prefixes, directions, colours,
-and how a direction or a number is written.
+and how a direction, a number or a duration is written.
 
 Everything that reads or writes ``trials.parquet``, draws the figure, writes the tables or the report page
 imports these names from here (``sweep.mlflow_log`` and ``sweep.trainable`` too), so a renamed column or a
@@ -159,6 +159,23 @@ def formatted(value: Any, spec: str = ".3f", *, missing: str = "–") -> str:
     except (TypeError, ValueError):
         return missing
     return format(number, spec) if math.isfinite(number) else missing
+
+
+def duration(seconds: Any) -> str:
+    """A wall time as a reader says it: ``9.6`` -> ``9.6 s``, ``75.4`` -> ``1 min 15 s``, ``3725`` -> ``1 h 02 min``.
+
+    Not a number: as given (a record written by hand may hold text); NaN or infinite: ``–``.
+    """
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
+        return str(seconds)
+    if not math.isfinite(value):
+        return "–"
+    if value < 59.95:
+        return f"{value:.1f} s"
+    minutes, secs = divmod(int(round(value)), 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min {secs:02d} s"
 
 
 def tuners_of(table: pd.DataFrame) -> np.ndarray:

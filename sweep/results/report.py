@@ -56,6 +56,7 @@ from sweep.results.columns import (
     cell_text,
     cell_value,
     diff_columns,
+    duration,
     formatted,
     rgba,
     tuner_order,
@@ -513,19 +514,6 @@ def _validated(figure: dict) -> dict:
 # --- HTML ------------------------------------------------------------------------------------------------------
 
 
-def _duration(seconds: Any) -> str:
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError):
-        return str(seconds)
-    if not math.isfinite(value):
-        return "–"
-    if value < 120:
-        return f"{value:.1f} s"
-    minutes, rest = divmod(int(round(value)), 60)
-    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min {rest} s"
-
-
 def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts) -> str:
     config = header.get("config") if isinstance(header.get("config"), Mapping) else {}
     name = header.get("experiment") or config.get("name") or "sweep"
@@ -549,9 +537,7 @@ def _header_html(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts)
             facts.append((label, f"<code>{_esc(header[key])}</code>"))
     timings = header.get("timings")
     if isinstance(timings, Mapping) and timings:
-        facts.append(
-            ("timings", _esc(" · ".join(f"{k.removesuffix('_s')} {_duration(v)}" for k, v in timings.items())))
-        )
+        facts.append(("timings", _esc(" · ".join(f"{k.removesuffix('_s')} {duration(v)}" for k, v in timings.items()))))
     versions = header.get("versions")
     if isinstance(versions, Mapping) and versions:
         facts.append(("versions", _esc(" · ".join(f"{k} {v}" for k, v in versions.items()))))
