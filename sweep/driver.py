@@ -581,8 +581,8 @@ def finish(
     written), with ``exported`` (the exports) for the console summary.
     """
     from sweep import mlflow_log
+    from sweep.mlflow_log import collect_curves
     from sweep.results.exports import write_exports
-    from sweep.results.report import collect_curves
 
     release_reserve(out)
     summary: dict[str, Any] = {**record(config, out, plan, status="INTERRUPTED"), "resumed": plan.resumed}

@@ -62,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from sweep.results.report import collect_curves
-
-    curves = collect_curves(tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
+    curves = mlflow_log.collect_curves(tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
     header = _sweep_record(tracking_uri, parent, out)
     exported = write_exports(table, out, objectives, labels=labels, curves=curves, header=header)
     print(front_table_text(exported.table, exported.fronts))

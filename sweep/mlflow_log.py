@@ -14,10 +14,11 @@ import logging
 import math
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from objectives.errors import ConfigError
@@ -45,6 +46,10 @@ STATE_FILE = "trial_state.pt"
 # means a trial reported at each rung (``rung/<objective>``); not final metrics.
 _HISTORY = re.compile(r"^((rep\d+/)?(dev|train)|rung)/")
 RUNG_PREFIX = "rung/"
+# Points kept per learning curve: enough to show its shape, few enough that a long sweep's page stays small.
+CURVE_POINTS = 500
+# MLflow run id -> per-step metric -> (step, value) pairs: what collect_curves reads for the report.
+Curves = Mapping[str, Mapping[str, list[tuple[int, float]]]]
 
 
 def is_history_metric(key: str) -> bool:
@@ -497,3 +502,48 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
     if table.empty:
         return pd.DataFrame(columns=["tuner", "trial_id", "mlflow_run_id", "prompt_text", "prompt_ids"])
     return table.sort_values(["tuner", "trial_id"], kind="stable").reset_index(drop=True)
+
+
+def collect_curves(
+    tracking_uri: str, run_ids: Iterable[Any], *, max_points: int = CURVE_POINTS
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Per MLflow run, each per-step metric (``rep<i>/dev/acc``, ``rep<i>/train/loss``, ...) as ``(step,
+    value)`` pairs in step order, thinned evenly to at most ``max_points`` (first and last kept).
+
+    Runs that do not exist and metrics that cannot be read are left out with a warning: a report with a
+    missing curve is better than none. Empty or missing ids (NaN in a hand-made table) are skipped.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2 (first and last step), got {max_points}")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for run_id in dict.fromkeys(r for r in run_ids if isinstance(r, str) and r):
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as err:
+            logger.warning("no learning curves for MLflow run %s: %s", run_id, err)
+            continue
+        series: dict[str, list[tuple[int, float]]] = {}
+        for key in sorted(k for k in run.data.metrics if is_history_metric(k)):
+            try:
+                history = client.get_metric_history(run_id, key)
+            except MlflowException as err:
+                logger.warning("no curve %s of MLflow run %s: %s", key, run_id, err)
+                continue
+            # A resumed or retried trial logs some steps again: the value logged last at a step is the one kept.
+            by_step: dict[int, float] = {}
+            for metric in sorted(history, key=lambda m: (m.step, m.timestamp)):
+                by_step[int(metric.step)] = float(metric.value)
+            series[key] = _thin(sorted(by_step.items()), max_points)
+        curves[run_id] = series
+    return curves
+
+
+def _thin(points: list[tuple[int, float]], limit: int) -> list[tuple[int, float]]:
+    if len(points) <= limit:
+        return points
+    keep = np.unique(np.linspace(0, len(points) - 1, limit).round().astype(int))
+    return [points[i] for i in keep.tolist()]

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from objectives.metrics import METRICS
 from objectives.stats import CI95, REPLICATE, STD
+from sweep.mlflow_log import Curves
 from sweep.results.columns import (
     BASELINE_ABBREVIATIONS,
     BASELINE_NAMES,
@@ -54,7 +55,7 @@ from sweep.results.columns import (
 from sweep.results.compare import compare_to_baselines, front_beats_share, learning_margin
 from sweep.results.figure import VIEWS, draw, held_out_metric, pareto_plot
 from sweep.results.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
-from sweep.results.report import REPORT_FILE, Curves, write_report
+from sweep.results.report import REPORT_FILE, write_report
 from tuners.baselines import BASELINES
 
 logger = logging.getLogger(__name__)
@@ -478,7 +479,7 @@ def write_exports(
     every baseline (``vs/<baseline>/{diff,low,high}``, ``beats/<baseline>``, see ``sweep.results.compare``), with
     ``prompt_ids`` as ``list<int64>``. ``labels`` (metric -> text) override the figure's axis labels. Needs
     at least two objectives (the figure plots the first two). ``curves`` (MLflow run id -> per-step metrics,
-    :func:`sweep.results.report.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
+    :func:`sweep.mlflow_log.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
     header also gets this call's ``summary_metrics``. A report that cannot be written is logged as an error
     and left out of ``files``: it is a view of the exports, and must not cost a finished sweep its record.
     """

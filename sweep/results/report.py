@@ -1,12 +1,13 @@
 """The sweep report: ``report.html``, one self-contained page per sweep that a reader opens in any browser.
 
-:func:`write_report` writes it from the annotated trials table and its :class:`~sweep.results.pareto.Fronts`:
-a header (config, package versions, git commit, timings, hypervolumes), the fronts of every tuner with the
-baselines and the replicate intervals in the figure's two views (the same :class:`~sweep.results.figure.ParetoPlot`
-the paper figure draws, so both show the same points), a sortable trials table, and each trial's learning
-curves from the per-step MLflow metrics that :func:`collect_curves` reads. Hovering a point shows its trial
-(prompt, weights, every metric, the proxy-gaming signals); a click pins it. Nothing is loaded at view time:
-the charting library, the data and the page's own script are inline.
+:func:`write_report` writes it from the annotated trials table and its
+:class:`~sweep.results.pareto.Fronts`: a header (config, package versions, git commit, timings, hypervolumes),
+the fronts of every tuner with the baselines and the replicate intervals in the figure's two views (the same
+:class:`~sweep.results.figure.ParetoPlot` the paper figure draws, so both show the same points), a sortable
+trials table, and each trial's learning curves from the per-step MLflow metrics that
+:func:`sweep.mlflow_log.collect_curves` reads. Hovering a point shows its trial (prompt, weights, every metric,
+the proxy-gaming signals); a click pins it. Nothing is loaded at view time: the charting library, the data and
+the page's own script are inline.
 
 The charts use Plotly (``plotly.js`` from the ``plotly`` wheel, inlined). It is the larger option (about
 4.8 MB of JavaScript per page, where Vega-Lite would need about 1 MB), but Vega-Lite's inline bundle comes
@@ -21,7 +22,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ import pandas as pd
 
 from objectives.metrics import METRICS
 from objectives.stats import CI95, REPLICATE, STD
+from sweep.mlflow_log import Curves
 from sweep.results.columns import (
     BASELINE_NAMES,
     BASELINE_STYLES,
@@ -71,8 +73,6 @@ from tuners.baselines import BASELINES
 logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
-# Points kept per learning curve: enough to show its shape, few enough that a long sweep's page stays small.
-CURVE_POINTS = 500
 # Columns that are neither metrics nor weights: they are shown as text or flags, never as numbers.
 _NOT_METRICS = (*TEXT_COLUMNS, *FLAG_COLUMNS)
 _REPLICATE_COLUMN = re.compile(re.escape(REPLICATE) + r"\d+$")
@@ -98,58 +98,6 @@ _VIEW_TITLES = {
 
 # A "-thin" symbol is drawn by its outline alone, so the colour goes on the line.
 _GAMED_MARKER = {"color": GAMED_COLOR, "symbol": "x-thin", "size": 12, "line": {"width": 2, "color": GAMED_COLOR}}
-
-Curves = Mapping[str, Mapping[str, list[tuple[int, float]]]]
-
-
-# --- learning curves from MLflow ------------------------------------------------------------------------------
-
-
-def collect_curves(
-    tracking_uri: str, run_ids: Iterable[Any], *, max_points: int = CURVE_POINTS
-) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Per MLflow run, each per-step metric (``rep<i>/dev/acc``, ``rep<i>/train/loss``, ...) as ``(step,
-    value)`` pairs in step order, thinned evenly to at most ``max_points`` (first and last kept).
-
-    Runs that do not exist and metrics that cannot be read are left out with a warning: a report with a
-    missing curve is better than none. Empty or missing ids (NaN in a hand-made table) are skipped.
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from sweep.mlflow_log import is_history_metric
-
-    if max_points < 2:
-        raise ValueError(f"max_points must be at least 2 (first and last step), got {max_points}")
-    client = MlflowClient(tracking_uri=tracking_uri)
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for run_id in dict.fromkeys(r for r in run_ids if isinstance(r, str) and r):
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as err:
-            logger.warning("no learning curves for MLflow run %s: %s", run_id, err)
-            continue
-        series: dict[str, list[tuple[int, float]]] = {}
-        for key in sorted(k for k in run.data.metrics if is_history_metric(k)):
-            try:
-                history = client.get_metric_history(run_id, key)
-            except MlflowException as err:
-                logger.warning("no curve %s of MLflow run %s: %s", key, run_id, err)
-                continue
-            # A resumed or retried trial logs some steps again: the value logged last at a step is the one kept.
-            by_step: dict[int, float] = {}
-            for metric in sorted(history, key=lambda m: (m.step, m.timestamp)):
-                by_step[int(metric.step)] = float(metric.value)
-            series[key] = _thin(sorted(by_step.items()), max_points)
-        curves[run_id] = series
-    return curves
-
-
-def _thin(points: list[tuple[int, float]], limit: int) -> list[tuple[int, float]]:
-    if len(points) <= limit:
-        return points
-    keep = np.unique(np.linspace(0, len(points) - 1, limit).round().astype(int))
-    return [points[i] for i in keep.tolist()]
 
 
 # --- values of the table ---------------------------------------------------------------------------------------
@@ -760,7 +708,7 @@ def write_report(
 
     ``table`` is the annotated trials table of :func:`sweep.results.exports.write_exports` (``beats/*`` and ``vs/*``
     columns are shown where present) and ``fronts`` its fronts; ``curves`` maps MLflow run ids to their
-    per-step metrics (:func:`collect_curves`; ``None``: no learning curves); ``header`` holds what
+    per-step metrics (:func:`sweep.mlflow_log.collect_curves`; ``None``: no learning curves); ``header`` holds what
     ``sweep.json`` holds (every key optional: ``config``, ``versions``, ``git_commit``, ``timings``,
     ``status``, ``trials_*``, ``summary_metrics`` ...). ``labels`` override the axis labels. NaN and
     infinite values are shown as missing.

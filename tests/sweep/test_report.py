@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from objectives.stats import aggregate
+from sweep.mlflow_log import collect_curves
 from sweep.results.exports import write_exports
 from sweep.results.pareto import compute_fronts
-from sweep.results.report import REPORT_FILE, collect_curves, write_report
+from sweep.results.report import REPORT_FILE, write_report
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NAN = float("nan")
