@@ -53,8 +53,9 @@ from sweep.results.columns import (
     tuners_of,
 )
 from sweep.results.compare import compare_to_baselines, front_beats_share, learning_margin
-from sweep.results.figure import VIEWS, draw, held_out_metric, pareto_plot
+from sweep.results.figure import VIEWS, held_out_metric, pareto_plot
 from sweep.results.pareto import ALL_KEY, Fronts, annotate, compute_fronts, gamed_mask, objective_matrix
+from sweep.results.render import draw
 from sweep.results.report import REPORT_FILE, write_report
 from tuners.baselines import BASELINES
 
