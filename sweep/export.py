@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from objectives.errors import ConfigError, UserError
     from objectives.metrics import METRICS
     from sweep.preflight import check_out, check_tracking_uri
-    from sweep.results.exports import front_table_text, write_exports
+    from sweep.results.exports import write_exports
+    from sweep.results.tables import front_table_text
 
     tracking_uri = args.tracking_uri
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_absolute():

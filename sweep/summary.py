@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sweep.results.columns import duration
+from sweep.results.columns import LEARN_METRIC, duration
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
-    from sweep.results.compare import LEARN_METRIC, learning_text
-    from sweep.results.exports import front_table_text
+    from sweep.results.compare import learning_text
+    from sweep.results.tables import front_table_text
 
     exported = summary.get("exported")
     metrics = exported.summary_metrics if exported is not None else {}

@@ -15,10 +15,11 @@ from matplotlib.text import Text
 from objectives.stats import aggregate
 from sweep.results.columns import BASELINE_STYLES, TUNER_STYLES, tuner_styles
 from sweep.results.compare import compare_to_baselines
-from sweep.results.exports import front_latex, front_table_text, latex_escape, write_exports
+from sweep.results.exports import write_exports
 from sweep.results.figure import VIEWS, axis_label, pareto_plot, short_prompt
 from sweep.results.pareto import compute_fronts
 from sweep.results.render import draw, legend_entries, render
+from sweep.results.tables import front_latex, front_table_text, latex_escape
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NASTY = "50% of #1_best {x} & \n"
