@@ -22,6 +22,7 @@ from sweep.mlflow_log import collect_curves
 from sweep.results.exports import write_exports
 from sweep.results.pareto import compute_fronts
 from sweep.results.report import REPORT_FILE, write_report
+from sweep.results.report_data import report_data
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NAN = float("nan")
@@ -134,6 +135,40 @@ def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     result = write_exports(table, out, OBJECTIVES, curves=curves, header=header)
     return out, result, table
+
+
+def test_report_data_is_what_the_page_shows_without_html():
+    table = _table()
+    header = {"experiment": "unit", "timings": {"total_s": 75.4}, "git_commit": "abc", "summary_metrics": {}}
+    data = report_data(table, compute_fronts(table, OBJECTIVES), curves=None, header=header)
+    assert data.title == "Sweep unit report" and data.initial == 0  # the best dev accuracy on the overall front
+    assert list(data.styles) == ["pez", "soft", "no_prompt", "manual"]
+    assert [(s.label, s.marker) for s in data.styles.values()][2:] == [("no prompt", "o"), ("hand-written", "*")]
+    assert ("timings", "total 1 min 15 s", False) in data.header.facts and (
+        "git commit",
+        "abc",
+        True,
+    ) in data.header.facts
+    assert data.header.volumes[0] == ("tuner", "hypervolume") and data.header.volumes[-1][0] == "all tuners"
+    hostile, gamed, tab, no_dev, no_prompt = (data.trials[i] for i in (1, 2, 3, 4, 5))
+    assert hostile.prompt == HOSTILE and hostile.weights == (("lambda_ppl", "0.5"),)  # raw text: the page escapes
+    assert hostile.on_front and hostile.on_front_all and not hostile.gamed
+    assert gamed.gamed and gamed.gamed_signals == "repeat_frac 0.67, special_frac 0.00"
+    assert tab.weights == () and tab.values["task/acc_test"] == "–"  # an infinite weight and a NaN accuracy
+    assert not no_dev.on_front and no_dev.values["task/acc_dev"] == "–"
+    assert no_prompt.label == "no prompt" and not no_prompt.on_front
+    assert no_prompt.values["interp/scrutability"] == "–" and no_prompt.values["task/acc_dev"] == "0.500 ± 0.000"
+    assert data.no_prompt_row == {"test": 5, "dev": 5}
+    # The trials table: (sort key, text) per column, numbers sorted by value and missing ones by "".
+    columns = [name for name, _ in data.columns]
+    assert columns[:4] == ["tuner", "trial", "prompt", "lambda_ppl"] and columns[-4:] == [
+        "front",
+        "all",
+        "gamed",
+        "beats",
+    ]
+    assert data.trials[0].cells[columns.index("task/acc_dev ↑")] == (repr(0.82), "0.820 ± 0.050")
+    assert tab.cells[columns.index("task/acc_test ↑")] == ("", "–")
 
 
 def test_write_exports_writes_the_report_and_lists_it(exported):
