@@ -1,6 +1,6 @@
 """The sweep report: ``report.html``, one self-contained page per sweep that a reader opens in any browser.
 
-:func:`write_report` draws what :func:`sweep.results.report_data.report_data` computes from the annotated
+:func:`write_report` draws what :func:`sweep.results.report_data.compute_report` computes from the annotated
 trials table and its :class:`~sweep.results.pareto.Fronts`: a header (config, package versions, git commit,
 timings, hypervolumes), the fronts of every tuner with the baselines and the replicate intervals in the
 figure's two views (the same :class:`~sweep.results.figure.ParetoPlot` the paper figure draws, so both show the
@@ -32,7 +32,7 @@ from sweep.mlflow_log import Curves
 from sweep.results.columns import TUNER
 from sweep.results.pareto import Fronts
 from sweep.results.report_assets import GUARD, PAGE, SCRIPT, STYLE
-from sweep.results.report_data import Header, ReportData, Style, Trial, report_data
+from sweep.results.report_data import Header, ReportData, Style, Trial, compute_report
 from sweep.results.report_plotly import plotly_views
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def write_report(
     ``status``, ``trials_*``, ``summary_metrics`` ...). ``labels`` override the axis labels. NaN and
     infinite values are shown as missing.
     """
-    data = report_data(table, fronts, curves=curves, header=header, labels=labels)
+    data = compute_report(table, fronts, curves=curves, header=header, labels=labels)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_FILE

@@ -1,4 +1,4 @@
-"""What the report page shows, computed without a browser: :func:`report_data` turns the annotated trials table,
+"""What the report page shows, computed without a browser: :func:`compute_report` turns the annotated trials table,
 its fronts, the learning curves and the sweep record into a :class:`ReportData` of text and numbers.
 
 Nothing here is HTML: :mod:`sweep.results.report` draws this (escaping every text once, where it writes it) and
@@ -141,7 +141,7 @@ class ReportData:
     no_prompt_row: Mapping[View, int]
 
 
-def report_data(
+def compute_report(
     table: pd.DataFrame,
     fronts: Fronts,
     *,

@@ -53,3 +53,17 @@ def test_cell_readers():
     assert cell_value(table, "a", 0) == 1.5 and math.isnan(cell_value(table, "a", 1))
     assert math.isnan(cell_value(table, "missing", 0)) and math.isnan(cell_value(table, "n", 1))
     assert cell_text(table, "t", 0) == "x" and cell_text(table, "t", 1) == "" and cell_text(table, "missing", 0) == ""
+
+
+def test_the_public_surface_loads_on_first_use():
+    import subprocess
+    import sys
+
+    import sweep.results
+
+    for name in sweep.results.__all__:
+        assert getattr(sweep.results, name).__name__ == name
+    # The vocabulary alone pulls in neither the figure's nor the page's libraries, nor torch: trial workers import it.
+    code = "import sys, sweep.results.columns; print(sorted({'matplotlib', 'plotly', 'torch'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

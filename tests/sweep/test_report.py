@@ -22,7 +22,7 @@ from sweep.mlflow_log import collect_curves
 from sweep.results.exports import write_exports
 from sweep.results.pareto import compute_fronts
 from sweep.results.report import REPORT_FILE, write_report
-from sweep.results.report_data import report_data
+from sweep.results.report_data import compute_report
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
 NAN = float("nan")
@@ -140,7 +140,7 @@ def exported(tmp_path_factory):
 def test_report_data_is_what_the_page_shows_without_html():
     table = _table()
     header = {"experiment": "unit", "timings": {"total_s": 75.4}, "git_commit": "abc", "summary_metrics": {}}
-    data = report_data(table, compute_fronts(table, OBJECTIVES), curves=None, header=header)
+    data = compute_report(table, compute_fronts(table, OBJECTIVES), curves=None, header=header)
     assert data.title == "Sweep unit report" and data.initial == 0  # the best dev accuracy on the overall front
     assert list(data.styles) == ["pez", "soft", "no_prompt", "manual"]
     assert [(s.label, s.marker) for s in data.styles.values()][2:] == [("no prompt", "o"), ("hand-written", "*")]
