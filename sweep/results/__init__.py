@@ -7,8 +7,8 @@ What lives where (each module imports its vocabulary from ``columns``; MLflow is
 - ``compare``: paired test comparisons with the baselines; RLPrompt's learning margin.
 - ``figure``: what the Pareto figure shows (:class:`ParetoPlot`); ``render``: drawing it with matplotlib.
 - ``tables``: ``front.tex`` and the terminal table.
-- ``report_data``: what ``report.html`` shows (:class:`ReportData`); ``report``, ``report_plotly`` and
-  ``report_assets``: drawing it (HTML, Plotly figures, template and script).
+- ``report_data`` (its header in ``report_header``): what ``report.html`` shows (:class:`ReportData`);
+  ``report``, ``report_plotly`` and ``report_assets``: drawing it (HTML, Plotly figures, template and script).
 - ``exports``: :func:`write_exports`, which writes all of them and ``trials.parquet``.
 
 The names below are the public surface, loaded on first use (``from sweep.results import write_exports``), so

@@ -129,6 +129,8 @@ def write_exports(
     :func:`sweep.mlflow_log.collect_curves`) and ``header`` (what ``sweep.json`` holds) go into the report, whose
     header also gets this call's ``summary_metrics``. A report that cannot be written is logged as an error
     and left out of ``files``: it is a view of the exports, and must not cost a finished sweep its record.
+    Trials a scheduler stopped at a rung (``stopped_at_step`` set) are in ``trials.parquet`` (on no front) and
+    in the report (listed, and faded on its dev view), nowhere else; the returned table holds the others.
     """
     objectives = tuple(objectives)
     if len(objectives) < 2:
@@ -136,7 +138,8 @@ def write_exports(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # Trials a scheduler stopped at a rung are kept in trials.parquet (with how far they got), and take no part
-    # in the fronts, hypervolumes, comparisons, figure, table or report: those compare full-budget results.
+    # in the fronts, hypervolumes, comparisons, figure or table: those compare full-budget results. The report
+    # lists them and draws them faded on its dev view.
     stopped = table[STOPPED_AT].notna() if STOPPED_AT in table.columns else pd.Series(False, index=table.index)
     full = table[~stopped].reset_index(drop=True)
     fronts = compute_fronts(full, objectives)
@@ -146,11 +149,7 @@ def write_exports(
     recorded = pd.concat([annotated, kept], ignore_index=True) if len(kept) else annotated
 
     pq.write_table(_arrow_table(recorded), out / "trials.parquet")
-    plots = [
-        path
-        for view in VIEWS
-        for path in draw(pareto_plot(annotated, fronts, view=view, labels=labels), out / PLOT_STEMS[view])
-    ]
+    plots = _figures(annotated, fronts, out, labels)
     (out / "front.tex").write_text(front_latex(annotated, fronts), encoding="ascii")
     summary = _summary_metrics(annotated, fronts)
     logger.info(
@@ -165,9 +164,15 @@ def write_exports(
     # Fresh sweep-level metrics over any in ``header``: a sweep.json read back may predate this export.
     known = dict((header or {}).get("summary_metrics") or {})
     header = {**(header or {}), "summary_metrics": {**known, **summary}}
-    if _report(annotated, fronts, out, curves=curves, header=header, labels=labels):
+    if _report(annotated, fronts, out, curves=curves, header=header, labels=labels, stopped=kept):
         files.append(REPORT_FILE)
     return Exported(table=annotated, fronts=fronts, files=files, summary_metrics=summary)
+
+
+def _figures(annotated: pd.DataFrame, fronts: Fronts, out: Path, labels: Mapping[str, str] | None) -> list[Path]:
+    """The figure in both views: ``pareto.*`` (held-out test metrics) and ``pareto_dev.*`` (the objectives)."""
+    plots = (pareto_plot(annotated, fronts, view=view, labels=labels) for view in VIEWS)
+    return [path for plot in plots for path in draw(plot, out / PLOT_STEMS[plot.view])]
 
 
 def _summary_metrics(annotated: pd.DataFrame, fronts: Fronts) -> dict[str, float]:
@@ -186,11 +191,12 @@ def _report(
     curves: Curves | None,
     header: Mapping[str, Any],
     labels: Mapping[str, str] | None,
+    stopped: pd.DataFrame,
 ) -> bool:
     """Write report.html; whether it was written. A failure is logged, never raised: the page is a view of
     the exports, and must not cost a finished sweep its record."""
     try:
-        write_report(annotated, fronts, out, curves=curves, header=header, labels=labels)
+        write_report(annotated, fronts, out, curves=curves, header=header, labels=labels, stopped=stopped)
     except Exception:
         logger.exception("%s not written; the other exports in %s are complete", REPORT_FILE, out)
         return False

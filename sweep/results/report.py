@@ -48,6 +48,7 @@ def write_report(
     curves: Curves | None,
     header: Mapping[str, Any],
     labels: Mapping[str, str] | None = None,
+    stopped: pd.DataFrame | None = None,
 ) -> Path:
     """Write ``out/report.html`` (``out`` is created) and return its path.
 
@@ -55,10 +56,11 @@ def write_report(
     ``vs/*`` columns are shown where present) and ``fronts`` its fronts; ``curves`` maps MLflow run ids to their
     per-step metrics (:func:`sweep.mlflow_log.collect_curves`; ``None``: no learning curves); ``header`` holds
     what ``sweep.json`` holds (every key optional: ``config``, ``versions``, ``git_commit``, ``timings``,
-    ``status``, ``trials_*``, ``summary_metrics`` ...). ``labels`` override the axis labels. NaN and
-    infinite values are shown as missing.
+    ``status``, ``trials_*``, ``summary_metrics`` ...). ``labels`` override the axis labels. ``stopped``: the
+    trials a scheduler stopped at a rung, listed after the others and drawn faded on the dev view (a toggle hides
+    them), never on a front. NaN and infinite values are shown as missing.
     """
-    data = compute_report(table, fronts, curves=curves, header=header, labels=labels)
+    data = compute_report(table, fronts, curves=curves, header=header, labels=labels, stopped=stopped)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / REPORT_FILE
@@ -84,7 +86,7 @@ def page_html(data: ReportData) -> str:
         style=STYLE,
         guard=GUARD,
         header=_header_html(data.header),
-        controls=_controls_html(data.styles, list(views)),
+        controls=_controls_html(data.styles, list(views), sum(t.stopped_at is not None for t in data.trials)),
         details="".join(_detail_html(t) for t in data.trials),
         table=_trials_table_html(data),
         count=len(data.trials),
@@ -175,7 +177,7 @@ def _header_html(header: Header) -> str:
     )
 
 
-def _controls_html(styles: Mapping[str, Style], views: Sequence[str]) -> str:
+def _controls_html(styles: Mapping[str, Style], views: Sequence[str], stopped: int) -> str:
     names = {"test": "test (held-out)", "dev": "dev (searched)"}
     radios = "".join(
         f'<label><input type="radio" name="view" value="{v}"{" checked" if i == 0 else ""}> {names[v]}</label>'
@@ -186,6 +188,12 @@ def _controls_html(styles: Mapping[str, Style], views: Sequence[str]) -> str:
         f'<span class="swatch" style="background:{_esc(style.color)}"></span>{_esc(style.label)}</label>'
         for t, style in styles.items()
     )
+    if stopped:
+        # Shown by default: what the scheduler cut is part of what the search did, faded so no one reads a front.
+        boxes += (
+            '<label title="trials the scheduler stopped at a rung, at their values there (dev view only)">'
+            f'<input type="checkbox" id="show-stopped" checked> {stopped} stopped at a rung</label>'
+        )
     return (
         f'<div class="controls"><span class="group"><b>View</b> {radios}</span>'
         f'<span class="group"><b>Show</b> {boxes}</span><span id="drawn-note" class="note"></span></div>'
@@ -209,6 +217,7 @@ def _detail_html(trial: Trial) -> str:
     badges = [("front", "on its front")] if trial.on_front else []
     badges += [("all", "on the front across tuners")] if trial.on_front_all else []
     badges += [("gamed", "proxy gamed")] if trial.gamed else []
+    badges += [("stopped", f"stopped at step {trial.stopped_at}")] if trial.stopped_at is not None else []
     badge_html = "".join(f'<span class="badge {kind}">{text}</span>' for kind, text in badges)
     parts = [
         f'<h3><span class="swatch" style="background:{_esc(trial.color)}"></span>{_esc(trial.label)} · trial '
@@ -216,6 +225,13 @@ def _detail_html(trial: Trial) -> str:
         f'<p class="badges">{badge_html}</p>' if badges else "",
         f'<pre class="prompt">{_esc(repr(trial.prompt)) if trial.prompt else "(no prompt)"}</pre>',
     ]
+    if trial.stopped_at is not None:
+        parts.append(
+            f'<p class="note">The scheduler stopped this trial at step {trial.stopped_at} ({_esc(trial.steps_done)} '
+            "steps done): its values are those at that rung, so it is on no front and in no hypervolume.</p>"
+        )
+    elif trial.steps_done:
+        parts.append(f'<p class="note">{_esc(trial.steps_done)} steps done.</p>')
     if trial.replicate_prompts:
         items = "".join(f"<li><code>{_esc(repr(r))}</code></li>" for r in trial.replicate_prompts)
         parts.append(f'<p class="sub">Prompt of each replicate:</p><ol class="replicates" start="0">{items}</ol>')
@@ -249,5 +265,6 @@ def _trials_table_html(data: ReportData) -> str:
             *((v, _esc(text)) for v, text in rest),
         ]
         tds = "".join(f'<td data-v="{_esc(v)}">{h}</td>' for v, h in cells)
-        body.append(f'<tr data-row="{trial.row}" data-group="{_esc(trial.tuner)}">{tds}</tr>')
+        stopped = ' class="stopped" data-stopped="1"' if trial.stopped_at is not None else ""
+        body.append(f'<tr data-row="{trial.row}" data-group="{_esc(trial.tuner)}"{stopped}>{tds}</tr>')
     return '<table id="trials-table"><thead><tr>' + header + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>"

@@ -77,6 +77,7 @@ table.kv td { text-align: right; padding: 0 6px; font-variant-numeric: tabular-n
 table.kv td.note { text-align: left; }
 .badge { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 8px; margin-right: 4px; }
 .badge.front { background: #dbeafe; } .badge.all { background: #dcfce7; } .badge.gamed { background: #fde2e2; }
+.badge.stopped { background: #eeeeee; }
 .curve-controls { margin-top: 8px; }
 #trials-table { border-collapse: collapse; font-size: 12px; width: 100%; }
 #trials-table th { position: sticky; top: 0; background: #f0f0f0; cursor: pointer; padding: 3px 6px; text-align: left; }
@@ -85,6 +86,7 @@ table.kv td.note { text-align: left; }
 #trials-table td[data-v]:not(:nth-child(-n+3)) { font-variant-numeric: tabular-nums; }
 #trials-table tbody tr { cursor: pointer; } #trials-table tbody tr:hover { background: #f5f9ff; }
 #trials-table tr.pinned { background: #dbeafe; }
+#trials-table tr.stopped { color: #888; }
 #errors { background: #fde2e2; color: #900; padding: 8px; margin: 8px 0; }
 """
 
@@ -114,13 +116,17 @@ SCRIPT = """
   });
   var hidden = new Set(), view = document.querySelector("input[name=view]:checked").value;
   var shown = data.initial, pinned = null;
+  // Trials a scheduler stopped at a rung: shown (faded, dev view) unless their box is cleared.
+  var stoppedBox = document.getElementById("show-stopped"), showStopped = !stoppedBox || stoppedBox.checked;
+
+  function visible(t) { return !hidden.has(t.meta.group) && (showStopped || !t.meta.stopped); }
   var DASHES = ["solid", "dot", "dash"];  // one per replicate, so overlapping curves stay apart
 
   // The pinned trial gets a ring on each of its points in the current view.
   function ring() {
     var x = [], y = [];
     data.views[view].data.forEach(function (t) {
-      if (pinned === null || !t.meta.counts || hidden.has(t.meta.group)) return;
+      if (pinned === null || !t.meta.counts || !visible(t)) return;
       t.customdata.forEach(function (row, i) { if (row === pinned) { x.push(t.x[i]); y.push(t.y[i]); } });
     });
     return {type: "scatter", mode: "markers", x: x, y: y, hoverinfo: "skip", showlegend: false, meta: {},
@@ -130,7 +136,7 @@ SCRIPT = """
   function countDrawn() {
     var rows = new Set();
     data.views[view].data.forEach(function (t) {
-      if (!t.meta.counts || hidden.has(t.meta.group)) return;
+      if (!t.meta.counts || !visible(t)) return;
       t.customdata.forEach(function (row, i) { if (row >= 0 && t.x[i] !== null && t.y[i] !== null) rows.add(row); });
     });
     section.dataset.view = view;
@@ -141,7 +147,7 @@ SCRIPT = """
 
   function draw() {
     var traces = data.views[view].data.map(function (t) {
-      return Object.assign({}, t, {visible: !hidden.has(t.meta.group)});
+      return Object.assign({}, t, {visible: visible(t)});
     });
     traces.push(ring());
     return Plotly.react(plot, traces, data.views[view].layout, config).then(countDrawn);
@@ -184,6 +190,12 @@ SCRIPT = """
     draw();
   }
 
+  function filterRows() {
+    document.querySelectorAll("#trials-table tbody tr").forEach(function (tr) {
+      tr.hidden = hidden.has(tr.dataset.group) || (!showStopped && tr.dataset.stopped === "1");
+    });
+  }
+
   function pointRow(event) { return event.points.length ? event.points[0].customdata : -1; }
 
   data.curve_keys.forEach(function (key) { keySelect.append(new Option(key, key)); });
@@ -196,12 +208,13 @@ SCRIPT = """
   document.querySelectorAll(".tuner-toggle").forEach(function (box) {
     box.addEventListener("change", function () {
       if (box.checked) { hidden.delete(box.value); } else { hidden.add(box.value); }
-      document.querySelectorAll("#trials-table tbody tr").forEach(function (tr) {
-        tr.hidden = hidden.has(tr.dataset.group);
-      });
+      filterRows();
       draw();
     });
   });
+  if (stoppedBox) {
+    stoppedBox.addEventListener("change", function () { showStopped = stoppedBox.checked; filterRows(); draw(); });
+  }
   document.querySelectorAll("#trials-table tbody tr").forEach(function (tr) {
     tr.addEventListener("click", function () { pin(Number(tr.dataset.row)); });
   });

@@ -8,6 +8,7 @@ Tests assert on this object, as Optuna's tests assert on a computed plot rather 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -27,37 +28,36 @@ from sweep.results.columns import (
     FLAG_COLUMNS,
     GAMED_COLUMNS,
     GREY,
-    LEARN_METRIC,
     LOG_PPL,
     PARAM_PREFIX,
     PROMPT_TEXT,
     PROXY_GAMED,
     REPLICATE_PROMPTS,
     RUN_ID,
+    STEPS_DONE,
+    STOPPED_AT,
     TEST_METRIC,
     TEXT_COLUMNS,
     TRIAL_ID,
     TUNER,
     VS_PREFIX,
     WORD_FRAC,
-    arrow,
     beats_column,
     cell_text,
     cell_value,
     diff_columns,
-    duration,
     formatted,
     tuner_order,
     tuner_styles,
     tuners_of,
 )
-from sweep.results.compare import learning_text
 from sweep.results.figure import VIEWS, ParetoPlot, View, held_out_metric, pareto_plot
-from sweep.results.pareto import ALL_KEY, Fronts, objective_matrix
+from sweep.results.pareto import Fronts, gamed_mask, objective_matrix
+from sweep.results.report_header import Header, compute_header, direction
 from tuners.baselines import BASELINES
 
-# Columns that are neither metrics nor weights: they are shown as text or flags, never as numbers.
-_NOT_METRICS = (*TEXT_COLUMNS, *FLAG_COLUMNS)
+# Columns that are neither metrics nor weights: text, flags, and how far a trial got (shown on their own).
+_NOT_METRICS = (*TEXT_COLUMNS, *FLAG_COLUMNS, STEPS_DONE, STOPPED_AT)
 _REPLICATE_COLUMN = re.compile(re.escape(REPLICATE) + r"\d+$")
 _REPLICATE_KEY = re.compile(r"^rep(\d+)/")
 
@@ -72,23 +72,6 @@ class Style:
 
 
 @dataclass(frozen=True)
-class Header:
-    """The page's header. ``facts`` are ``(label, text, is_code)`` rows; ``volumes`` the hypervolume table, its
-    headings first (empty without hypervolumes, when ``note`` says why if there is a reason to give);
-    ``reference`` the hypervolume reference point in the metrics' own units; ``learns`` whether the table has
-    a training-gain column; ``config`` the resolved config and ``rest`` every other field of the record."""
-
-    name: str
-    facts: tuple[tuple[str, str, bool], ...]
-    volumes: tuple[tuple[str, ...], ...]
-    reference: str
-    learns: bool
-    note: str
-    config: Mapping[str, Any]
-    rest: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
 class Trial:
     """One row of the trials table as the page shows it, every value already written as text.
 
@@ -97,7 +80,8 @@ class Trial:
     every metric as ``(name with its arrow, mean, ± half-width, std)``; ``versus`` the paired test differences,
     ``(baseline, difference [low, high], "beats it" or "")``; ``values`` each shown metric's ``mean ± ci95``
     (the tooltips' and the table's text); ``cells`` the trials table's ``(sort key, text)`` per column of
-    :attr:`ReportData.columns`.
+    :attr:`ReportData.columns`. ``steps_done``: the steps every replicate completed (``""`` unknown);
+    ``stopped_at``: the rung step where the scheduler stopped the trial, ``None`` for a full-budget trial.
     """
 
     row: int
@@ -119,6 +103,22 @@ class Trial:
     run_id: str
     values: Mapping[str, str]
     cells: tuple[tuple[str, str], ...]
+    steps_done: str = ""
+    stopped_at: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class StoppedPoints:
+    """A tuner's trials stopped at a rung, placed on the dev view's axes by their values at that rung: faded
+    context, never a front. ``rows`` ``(m,)`` index :attr:`ReportData.trials`; ``x``, ``y`` ``(m,)``."""
+
+    tuner: str
+    label: str
+    color: str
+    marker: str
+    rows: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,9 @@ class ReportData:
     ``plots`` the figure in each view; ``columns`` the trials table's ``(heading, "text" | "num")``;
     ``curves`` each trial's learning curves by row (``{row: {key: [steps, values]}}``) with ``curve_keys``
     the metric names without their replicate prefix; ``initial`` the trial shown before any hover;
-    ``no_prompt_row`` per view the trial behind the no-prompt line (-1: none)."""
+    ``no_prompt_row`` per view the trial behind the no-prompt line (-1: none). ``trials`` are the table's
+    full-budget rows in order, then the trials a scheduler stopped at a rung, which ``stopped`` places on the
+    dev view (the figures, fronts and hypervolumes never hold them)."""
 
     title: str
     header: Header
@@ -139,6 +141,7 @@ class ReportData:
     curve_keys: tuple[str, ...]
     initial: int | None
     no_prompt_row: Mapping[View, int]
+    stopped: tuple[StoppedPoints, ...] = ()
 
 
 def compute_report(
@@ -148,44 +151,116 @@ def compute_report(
     curves: Curves | None,
     header: Mapping[str, Any],
     labels: Mapping[str, str] | None = None,
+    stopped: pd.DataFrame | None = None,
 ) -> ReportData:
     """What the page of ``table`` (the annotated trials table, positional rows) and its ``fronts`` shows.
 
     ``curves`` (MLflow run id -> per-step metrics; ``None``: no curves), ``header`` (what ``sweep.json`` holds,
     every key optional) and ``labels`` (axis labels) as :func:`sweep.results.report.write_report` takes them.
+    ``stopped``: the trials a scheduler stopped at a rung (rows of trials.parquet with ``stopped_at_step``),
+    shown after the others in the table and faded on the dev view, never on a front.
     """
     if len(fronts.is_pareto) != len(table):
         raise ValueError(f"fronts cover {len(fronts.is_pareto)} trials but the table has {len(table)} rows")
     table = table.reset_index(drop=True)
-    styles = _styles(table)
     plots = {v: pareto_plot(table, fronts, view=v, labels=labels) for v in VIEWS}
-    params = [str(c) for c in table.columns if str(c).startswith(PARAM_PREFIX)]
-    shown = _table_metrics(table, fronts)
-    axes = [a for plot in plots.values() for a in plot.axes]
-    metrics = _metric_names(table, fronts)
-    texts = list(dict.fromkeys([*metrics, *shown, *axes]))
-    trials = tuple(
-        _trial(table, fronts, row, styles, metrics=metrics, params=params, shown=shown, texts=texts)
-        for row in range(len(table))
-    )
-    columns = [(TUNER, "text"), ("trial", "text"), ("prompt", "text")]
-    columns += [(p.removeprefix(PARAM_PREFIX), "num") for p in params]
-    columns += [(m + _direction(m), "num") for m in shown]
-    columns += [("front", "num"), ("all", "num"), ("gamed", "num"), ("beats", "text")]
-    curve_rows, curve_keys = _curve_payload(table, curves)
+    rows, flags = _with_stopped(table, fronts, stopped)
+    styles = _styles(rows)
+    layout = _layout(rows, fronts, plots)
+    trials = tuple(_trial(rows, flags, row, styles, layout) for row in range(len(rows)))
+    curve_rows, curve_keys = _curve_payload(rows, curves)
     config = header.get("config") if isinstance(header.get("config"), Mapping) else {}
     return ReportData(
         title=f"Sweep {header.get('experiment') or config.get('name') or ''} report".replace("  ", " "),
-        header=_header(header, table, fronts),
+        header=compute_header(header, table, fronts),
         styles=styles,
         plots=plots,
         trials=trials,
-        columns=tuple(columns),
+        columns=_columns(layout),
         curves=curve_rows,
         curve_keys=tuple(curve_keys),
         initial=_initial_row(table, fronts),
         no_prompt_row={v: _no_prompt_row(plot, table) for v, plot in plots.items()},
+        stopped=_stopped_points(rows, len(table), plots["dev"].axes, styles),
     )
+
+
+def _with_stopped(table: pd.DataFrame, fronts: Fronts, stopped: pd.DataFrame | None) -> tuple[pd.DataFrame, Fronts]:
+    """The rows the page lists, the stopped trials after the full-budget ones, and their flags as a
+    :class:`Fronts` covering every row: a stopped trial is on no front, proxy gaming is flagged as for any."""
+    if stopped is None or not len(stopped):
+        return table, fronts
+    kept = stopped.reset_index(drop=True)
+    none = np.zeros(len(kept), dtype=bool)
+    gamed = gamed_mask(kept, threshold=fronts.gamed_threshold)
+    flags = dataclasses.replace(
+        fronts,
+        is_pareto=np.concatenate([fronts.is_pareto, none]),
+        is_pareto_all=np.concatenate([fronts.is_pareto_all, none]),
+        gamed=np.concatenate([fronts.gamed, gamed]),
+    )
+    return pd.concat([table, kept], ignore_index=True), flags
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The columns the page shows of every trial: the searched weights, the details' metrics, the table's
+    metrics, the metrics whose text the tooltips need, and whether the table has steps and stopped columns."""
+
+    params: tuple[str, ...]
+    metrics: tuple[str, ...]
+    shown: tuple[str, ...]
+    texts: tuple[str, ...]
+    steps: bool
+    stops: bool
+
+
+def _layout(rows: pd.DataFrame, fronts: Fronts, plots: Mapping[View, ParetoPlot]) -> _Layout:
+    metrics = _metric_names(rows, fronts)
+    shown = _table_metrics(rows, fronts)
+    return _Layout(
+        params=tuple(str(c) for c in rows.columns if str(c).startswith(PARAM_PREFIX)),
+        metrics=tuple(metrics),
+        shown=tuple(shown),
+        texts=tuple(dict.fromkeys([*metrics, *shown, *(a for plot in plots.values() for a in plot.axes)])),
+        steps=STEPS_DONE in rows.columns,
+        stops=bool(_stopped_at(rows).notna().any()),
+    )
+
+
+def _columns(layout: _Layout) -> tuple[tuple[str, str], ...]:
+    """The trials table's headings and kinds; ``steps`` and ``stopped`` where the sweep recorded them."""
+    columns = [(TUNER, "text"), ("trial", "text"), ("prompt", "text")]
+    columns += [(p.removeprefix(PARAM_PREFIX), "num") for p in layout.params]
+    columns += [(m + direction(m), "num") for m in layout.shown]
+    columns += [("front", "num"), ("all", "num"), ("gamed", "num"), ("beats", "text")]
+    columns += [("steps", "num")] if layout.steps else []
+    columns += [("stopped", "text")] if layout.stops else []
+    return tuple(columns)
+
+
+def _stopped_at(rows: pd.DataFrame) -> pd.Series:
+    """The rung step each row was stopped at, NaN for a full-budget trial (or a sweep without a scheduler)."""
+    if STOPPED_AT not in rows.columns:
+        return pd.Series(math.nan, index=rows.index)
+    return pd.to_numeric(rows[STOPPED_AT], errors="coerce")
+
+
+def _stopped_points(
+    rows: pd.DataFrame, full: int, axes: tuple[str, str], styles: Mapping[str, Style]
+) -> tuple[StoppedPoints, ...]:
+    """Per tuner (page order) its stopped trials (rows past the first ``full``) with finite values on ``axes``."""
+    tuner_of_row = tuners_of(rows)
+    x, y = (pd.to_numeric(rows.get(a, pd.Series(math.nan, index=rows.index)), errors="coerce") for a in axes)
+    drawable = _stopped_at(rows).notna().to_numpy() & np.isfinite(x.to_numpy()) & np.isfinite(y.to_numpy())
+    drawable[:full] = False
+    points = []
+    for tuner, style in styles.items():
+        at = np.flatnonzero(drawable & (tuner_of_row == tuner))
+        if len(at):
+            values = (x.to_numpy(dtype=np.float64)[at], y.to_numpy(dtype=np.float64)[at])
+            points.append(StoppedPoints(tuner, style.label, style.color, style.marker, at, *values))
+    return tuple(points)
 
 
 # --- metrics and their values ---------------------------------------------------------------------------------
@@ -233,11 +308,6 @@ def _mean_ci(table: pd.DataFrame, name: str, row: int) -> str:
     return formatted(mean) + (f" ± {formatted(ci)}" if math.isfinite(ci) else "")
 
 
-def _direction(name: str) -> str:
-    """`` ↑`` or `` ↓`` after a registered metric's name; nothing after another column's."""
-    return f" {arrow(name)}" if name in METRICS else ""
-
-
 def _styles(table: pd.DataFrame) -> dict[str, Style]:
     """The :class:`Style` of each tuner and baseline present, learned tuners first."""
     present = list(dict.fromkeys(tuners_of(table).tolist()))
@@ -265,26 +335,17 @@ def _beaten(table: pd.DataFrame, row: int) -> list[str]:
 # --- one trial ------------------------------------------------------------------------------------------------
 
 
-def _trial(
-    table: pd.DataFrame,
-    fronts: Fronts,
-    row: int,
-    styles: Mapping[str, Style],
-    *,
-    metrics: Sequence[str],
-    params: Sequence[str],
-    shown: Sequence[str],
-    texts: Sequence[str],
-) -> Trial:
+def _trial(table: pd.DataFrame, fronts: Fronts, row: int, styles: Mapping[str, Style], layout: _Layout) -> Trial:
     tuner = cell_text(table, TUNER, row)
     style = styles.get(tuner, Style(tuner, GREY, ""))
     trial_id, prompt = cell_text(table, TRIAL_ID, row), cell_text(table, PROMPT_TEXT, row)
     replicates = tuple(_texts(table, REPLICATE_PROMPTS, row))
-    weights = [(p.removeprefix(PARAM_PREFIX), cell_value(table, p, row)) for p in params]
+    weights = [(p.removeprefix(PARAM_PREFIX), cell_value(table, p, row)) for p in layout.params]
     flags = (bool(fronts.is_pareto[row]) and tuner not in BASELINES, bool(fronts.is_pareto_all[row]))
     flags += (bool(fronts.gamed[row]),)
     beaten = tuple(_beaten(table, row))
-    values = {name: _mean_ci(table, name, row) for name in texts}
+    values = {name: _mean_ci(table, name, row) for name in layout.texts}
+    steps, stop = cell_value(table, STEPS_DONE, row), cell_value(table, STOPPED_AT, row)
     return Trial(
         row=row,
         tuner=tuner,
@@ -301,12 +362,14 @@ def _trial(
             f"{c.split('/')[-1]} {formatted(cell_value(table, c, row), '.2f')}" for c in GAMED_COLUMNS
         ),
         signals=_signals(table, fronts, row),
-        metrics=tuple(_metric_row(table, name, row) for name in metrics),
+        metrics=tuple(_metric_row(table, name, row) for name in layout.metrics),
         versus=_versus(table, row, beaten),
         beaten=beaten,
         run_id=cell_text(table, RUN_ID, row),
         values=values,
-        cells=_cells(table, row, (style.label, trial_id, prompt), params, shown, values, flags, beaten),
+        cells=_cells(table, row, (style.label, trial_id, prompt), layout, values, flags, beaten),
+        steps_done=formatted(steps, ".0f", missing=""),
+        stopped_at=int(stop) if math.isfinite(stop) else None,
     )
 
 
@@ -331,7 +394,7 @@ def _signals(table: pd.DataFrame, fronts: Fronts, row: int) -> tuple[tuple[str, 
 def _metric_row(table: pd.DataFrame, name: str, row: int) -> tuple[str, str, str, str]:
     mean, ci, std = (_measured(table, name + s, row) for s in ("", CI95, STD))
     return (
-        name + _direction(name),
+        name + direction(name),
         formatted(mean),
         "± " + formatted(ci) if math.isfinite(ci) else "",
         formatted(std) if math.isfinite(std) else "",
@@ -353,99 +416,29 @@ def _cells(
     table: pd.DataFrame,
     row: int,
     texts: tuple[str, str, str],
-    params: Sequence[str],
-    shown: Sequence[str],
+    layout: _Layout,
     values: Mapping[str, str],
     flags: tuple[bool, ...],
     beaten: Sequence[str],
 ) -> tuple[tuple[str, str], ...]:
     """The trials-table row: ``(sort key, text)`` per column; numbers sort by their value, missing as ``""``."""
     cells = [(text, text) for text in texts]
-    for p in params:
+    for p in layout.params:
         value = cell_value(table, p, row)
         cells.append((repr(value) if math.isfinite(value) else "", formatted(value, ".3g")))
-    for m in shown:
+    for m in layout.shown:
         value = _measured(table, m, row)
         cells.append((repr(value) if math.isfinite(value) else "", values[m]))
     for flag in flags:
         cells.append(("1" if flag else "0", "yes" if flag else ""))
     cells.append((", ".join(beaten), ", ".join(beaten)))
+    if layout.steps:
+        steps = cell_value(table, STEPS_DONE, row)
+        cells.append((repr(steps) if math.isfinite(steps) else "", formatted(steps, ".0f", missing="")))
+    if layout.stops:
+        stop = cell_value(table, STOPPED_AT, row)
+        cells.append((repr(stop), f"stopped at step {stop:.0f}") if math.isfinite(stop) else ("", ""))
     return tuple(cells)
-
-
-# --- the header -----------------------------------------------------------------------------------------------
-
-
-def _header(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts) -> Header:
-    config = header.get("config") if isinstance(header.get("config"), Mapping) else {}
-    summary = header.get("summary_metrics") if isinstance(header.get("summary_metrics"), Mapping) else {}
-    volumes, learns = _volumes(fronts, summary)
-    reference = ", ".join(
-        f"{o} = {formatted(r, '.4f')}" for o, r in zip(fronts.objectives, fronts.original_reference, strict=True)
-    )
-    note = "No hypervolume: it is computed for exactly two objectives." if len(fronts.objectives) != 2 else ""
-    return Header(
-        name=str(header.get("experiment") or config.get("name") or "sweep"),
-        facts=_facts(header, table, fronts),
-        volumes=volumes,
-        reference=reference,
-        learns=learns,
-        note="" if volumes else note,
-        config=config,
-        rest={k: v for k, v in header.items() if k != "config"},
-    )
-
-
-def _facts(header: Mapping[str, Any], table: pd.DataFrame, fronts: Fronts) -> tuple[tuple[str, str, bool], ...]:
-    facts: list[tuple[str, str, bool]] = []
-    if header.get("status"):
-        facts.append(("status", str(header["status"]), False))
-    finished = header.get("trials_finished", len(table))
-    trials = f"{finished} finished" + (f" of {header['trials_expected']}" if "trials_expected" in header else "")
-    for key in ("failed", "killed", "retried"):
-        if header.get(f"trials_{key}"):
-            trials += f", {header[f'trials_{key}']} {key}"
-    facts.append(("trials", trials, False))
-    if header.get("first_error"):
-        facts.append(("first failure", str(header["first_error"]), False))
-    objectives = ", ".join(f"{o}{_direction(o)}" for o in fronts.objectives)
-    facts.append(("objectives", objectives + " (fronts and hypervolumes on these, dev data)", False))
-    for key, label in (
-        ("git_commit", "git commit"),
-        ("parent_run_id", "MLflow parent run"),
-        ("tracking_uri", "MLflow tracking URI"),
-    ):
-        if header.get(key):
-            facts.append((label, str(header[key]), True))
-    timings = header.get("timings")
-    if isinstance(timings, Mapping) and timings:
-        spent = " · ".join(f"{k.removesuffix('_s')} {duration(v)}" for k, v in timings.items())
-        facts.append(("timings", spent, False))
-    versions = header.get("versions")
-    if isinstance(versions, Mapping) and versions:
-        facts.append(("versions", " · ".join(f"{k} {v}" for k, v in versions.items()), False))
-    return tuple(facts)
-
-
-def _volumes(fronts: Fronts, summary: Mapping[str, Any]) -> tuple[tuple[tuple[str, ...], ...], bool]:
-    """The hypervolume table, headings first (empty without hypervolumes), and whether it shows the training
-    gain: per tuner (all tuners last) its area, the share of its front beating each baseline, its gain."""
-    volumes = sorted(fronts.hypervolume.items(), key=lambda kv: kv[0] == ALL_KEY)
-    if not volumes:
-        return (), False
-    baselines = [b for b in BASELINES if any(str(k).startswith(f"front_beats/{b}/") for k in summary)]
-    learns = any(str(k).startswith(f"{LEARN_METRIC}/") for k in summary)
-    head = ["tuner", "hypervolume", *(f"front beats {BASELINE_NAMES[b]}" for b in baselines)]
-    head += ["training gain (dev)"] if learns else []
-    rows = [tuple(head)]
-    for tuner, volume in volumes:
-        cells = ["all tuners" if tuner == ALL_KEY else tuner, formatted(volume, ".4f")]
-        for b in baselines:
-            share = summary.get(f"front_beats/{b}/{tuner}")
-            cells.append(f"{float(share):.0%}" if isinstance(share, (int, float)) and math.isfinite(share) else "")
-        cells += [learning_text(summary, tuner)] if learns else []
-        rows.append(tuple(cells))
-    return tuple(rows), learns
 
 
 # --- the page's openers: its first trial, the no-prompt line's trial, the curves -------------------------------

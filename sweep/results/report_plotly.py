@@ -17,7 +17,7 @@ import numpy as np
 
 from sweep.results.columns import GAMED_COLOR, GREY, formatted, rgba
 from sweep.results.figure import ParetoPlot, TunerSeries, View, short_prompt
-from sweep.results.report_data import ReportData, Style, Trial
+from sweep.results.report_data import ReportData, StoppedPoints, Style, Trial
 
 # matplotlib markers of the figure -> Plotly symbols, so a tuner looks the same in the figure and the page.
 _SYMBOLS = {
@@ -37,6 +37,8 @@ _VIEW_TITLES = {
     "test": "Test view: held-out metrics of the prompts each search selected on dev",
     "dev": "Dev view: the objectives the search optimised, with each tuner's front",
 }
+# Trials stopped at a rung: open and faded, so they read as context and never as a front.
+_STOPPED_MARKER = {"size": 8, "opacity": 0.45, "line": {"width": 1}}
 # A "-thin" symbol is drawn by its outline alone, so the colour goes on the line.
 _GAMED_MARKER = {"color": GAMED_COLOR, "symbol": "x-thin", "size": 12, "line": {"width": 2, "color": GAMED_COLOR}}
 
@@ -46,7 +48,7 @@ def plotly_views(data: ReportData) -> dict[View, dict[str, Any]]:
     return {view: _validated(_figure(plot, data, view)) for view, plot in data.plots.items()}
 
 
-def symbol(style: Style) -> str:
+def symbol(style: Style | StoppedPoints) -> str:
     """The Plotly symbol of a style's matplotlib marker (a circle for one Plotly lacks)."""
     return _SYMBOLS.get(style.marker, "circle")
 
@@ -68,6 +70,8 @@ def _hover(trial: Trial, axes: Sequence[str], labels: Sequence[str]) -> str:
         lines.append(f"{esc(label)}: {trial.values[axis]}")
     if trial.gamed:
         lines.append(f"<span style='color:{GAMED_COLOR}'>proxy gamed: {esc(trial.gamed_signals)}</span>")
+    if trial.stopped_at is not None:
+        lines.append(f"stopped at step {trial.stopped_at}: its values there, never on a front")
     lines.append("<i>click to pin</i>")
     return "<br>".join(lines)
 
@@ -195,7 +199,10 @@ def _figure(plot: ParetoPlot, data: ReportData, view: View) -> dict[str, Any]:
     """One view of the fronts as a Plotly figure (plain dicts): the tuners' points and fronts, the baselines,
     the no-prompt reference, the crosses on proxy-gamed points, and legend keys for the faded and crossed ones."""
     hovers = [_hover(t, plot.axes, (plot.x_label, plot.y_label)) for t in data.trials]
-    traces = _tuner_traces(plot, data.styles, hovers)
+    # Stopped trials first, under everything else: context for the fronts, on the axes they were stopped on.
+    stopped = data.stopped if view == "dev" else ()
+    traces = [_stopped_trace(s, hovers) for s in stopped]
+    traces += _tuner_traces(plot, data.styles, hovers)
     traces += _no_prompt_traces(plot, data.no_prompt_row[view], hovers)
     for s in (*plot.series, *plot.baselines):
         if len(s.gamed):
@@ -213,10 +220,14 @@ def _figure(plot: ParetoPlot, data: ReportData, view: View) -> dict[str, Any]:
                 }
             )
     any_dominated = any(len(s.dominated) for s in plot.series)
-    keys = [("dominated", {"color": GREY, "symbol": "circle", "size": 9, "opacity": 0.3})] if any_dominated else []
-    keys.append((plot.gamed_label, _GAMED_MARKER))
-    for name, marker in keys:
-        # Legend keys only: never toggled, never hovered.
+    dominated_key = {"color": GREY, "symbol": "circle", "size": 9, "opacity": 0.3}
+    stopped_key = {**_STOPPED_MARKER, "color": GREY, "symbol": "circle-open"}
+    # (name, marker, whether the stopped toggle hides it)
+    keys = [("dominated", dominated_key, False)] if any_dominated else []
+    keys.append((plot.gamed_label, _GAMED_MARKER, False))
+    keys += [("stopped at a rung", stopped_key, True)] if stopped else []
+    for name, marker, of_stopped in keys:
+        # Legend keys only: never toggled by a tuner, never hovered (the stopped key follows the stopped toggle).
         traces.append(
             {
                 "type": "scatter",
@@ -226,10 +237,29 @@ def _figure(plot: ParetoPlot, data: ReportData, view: View) -> dict[str, Any]:
                 "name": name,
                 "marker": marker,
                 "hoverinfo": "skip",
-                "meta": {"group": "_key", "kind": "key", "counts": False},
+                "meta": {"group": "_key", "kind": "key", "counts": False, "stopped": of_stopped},
             }
         )
     return {"data": traces, "layout": _layout(plot)}
+
+
+def _stopped_trace(points: StoppedPoints, hovers: Sequence[str]) -> dict[str, Any]:
+    """A tuner's stopped trials as open, faded markers of its colour: they follow its toggle and the stopped
+    one (``meta.stopped``), and count as drawn trials."""
+    return {
+        "type": "scatter",
+        "mode": "markers",
+        "x": points.x.tolist(),
+        "y": points.y.tolist(),
+        "customdata": points.rows.tolist(),
+        "text": [hovers[r] for r in points.rows.tolist()],
+        "hovertemplate": "%{text}<extra></extra>",
+        "name": f"{points.label} (stopped)",
+        "legendgroup": points.tuner,
+        "showlegend": False,
+        "meta": {"group": points.tuner, "kind": "stopped", "counts": True, "stopped": True},
+        "marker": {**_STOPPED_MARKER, "color": points.color, "symbol": symbol(points) + "-open"},
+    }
 
 
 def _tuner_traces(plot: ParetoPlot, styles: Mapping[str, Style], hovers: Sequence[str]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ import pytest
 
 from objectives.stats import aggregate
 from sweep.mlflow_log import collect_curves
+from sweep.results.columns import STEPS_DONE, STOPPED_AT
 from sweep.results.exports import write_exports
 from sweep.results.pareto import compute_fronts
 from sweep.results.report import REPORT_FILE, write_report
@@ -68,6 +69,24 @@ def _table() -> pd.DataFrame:
     table.loc[4, "interp/log_ppl"] = INF
     table.loc[0, "interp/scrutability.ci95"] = INF
     return table
+
+
+def _stopped_table() -> pd.DataFrame:
+    """:func:`_table` with how far each trial got, and two trials a scheduler stopped at step 4: a pez one better
+    on both dev objectives than every full-budget trial (on any front it would lead), and a gamed soft one."""
+    table = _table().assign(**{STEPS_DONE: 20.0, STOPPED_AT: NAN})
+    stopped = [
+        _trial("pez", " stopped early", [0.95] * 3, [0.9] * 3, [-1.0] * 3, **{"param/lambda_ppl": 2.0}),
+        _trial("soft", "cut cut cut", [0.5] * 3, [0.5] * 3, [-7.0, -7.1, -6.9], repeat=0.8),
+    ]
+    for index, row in enumerate(stopped):
+        row.update(trial_id=f"s{index}", mlflow_run_id=f"srun{index}", **{STEPS_DONE: 4.0, STOPPED_AT: 4.0})
+    return pd.concat([table, pd.DataFrame(stopped)], ignore_index=True)
+
+
+def _views(path: Path) -> dict:
+    _, page = _parse(path)
+    return _strict_json(page.payload or "")["views"]
 
 
 class _Page(HTMLParser):
@@ -169,6 +188,56 @@ def test_report_data_is_what_the_page_shows_without_html():
     ]
     assert data.trials[0].cells[columns.index("task/acc_dev ↑")] == (repr(0.82), "0.820 ± 0.050")
     assert tab.cells[columns.index("task/acc_test ↑")] == ("", "–")
+
+
+def test_report_data_lists_stopped_trials_and_places_them_on_no_front():
+    table = _stopped_table()
+    full, stopped = table.iloc[:7], table.iloc[7:]
+    fronts = compute_fronts(full, OBJECTIVES)
+    header = {"trials_finished": 9, "trials_stopped": 2}
+    data = compute_report(full, fronts, curves=None, header=header, stopped=stopped)
+    alone = compute_report(full, fronts, curves=None, header={})
+    assert len(data.trials) == 9 and [t.stopped_at for t in data.trials] == [None] * 7 + [4, 4]
+    early, cut = data.trials[7], data.trials[8]
+    assert early.prompt == " stopped early" and early.steps_done == "4" and data.trials[0].steps_done == "20"
+    assert not (early.on_front or early.on_front_all) and cut.gamed and not cut.on_front
+    # The fronts, figures and the first trial shown are the full-budget trials' alone.
+    for view in ("test", "dev"):
+        mine, theirs = data.plots[view], alone.plots[view]
+        assert [s.rows.tolist() for s in mine.series] == [s.rows.tolist() for s in theirs.series]
+        assert [s.front.tolist() for s in mine.series] == [s.front.tolist() for s in theirs.series]
+    assert data.initial == alone.initial == 0
+    # Faded on the dev view at their values at the rung, per tuner in the page's order.
+    assert [(s.tuner, s.rows.tolist()) for s in data.stopped] == [("pez", [7]), ("soft", [8])]
+    assert [(*s.x, *s.y) for s in data.stopped] == [pytest.approx((0.95, -1.0)), pytest.approx((0.5, -7.0))]
+    assert data.columns[-2:] == (("steps", "num"), ("stopped", "text"))
+    assert early.cells[-2:] == (("4.0", "4"), ("4.0", "stopped at step 4"))
+    assert data.trials[0].cells[-2:] == (("20.0", "20"), ("", ""))
+    assert ("trials", "9 finished, 2 stopped at a rung", False) in data.header.facts
+    # steps_done and stopped_at_step are not metrics: the details list them apart.
+    assert not any(name.startswith((STEPS_DONE, STOPPED_AT)) for name, *_ in early.metrics)
+    assert alone.stopped == () and ("stopped", "text") not in alone.columns
+
+
+def test_write_exports_shows_stopped_trials_on_the_page_only(tmp_path):
+    table = _stopped_table()
+    with_stopped = write_exports(table, tmp_path / "with", OBJECTIVES)
+    without = write_exports(table.iloc[:7], tmp_path / "without", OBJECTIVES)
+    # trials.parquet keeps them, on no front; front.tex and the figure's data do not know them.
+    saved = pq.read_table(tmp_path / "with" / "trials.parquet").to_pandas()
+    assert len(saved) == 9 and not saved["is_pareto"].iloc[7:].any() and not saved["is_pareto_all"].iloc[7:].any()
+    assert (tmp_path / "with" / "front.tex").read_bytes() == (tmp_path / "without" / "front.tex").read_bytes()
+    assert with_stopped.fronts.hypervolume == without.fronts.hypervolume
+    views = _views(tmp_path / "with" / REPORT_FILE)
+    assert views["test"] == _views(tmp_path / "without" / REPORT_FILE)["test"]
+    stopped = [t for t in views["dev"]["data"] if t["meta"]["kind"] == "stopped"]
+    assert [(t["meta"]["group"], t["customdata"]) for t in stopped] == [("pez", [7]), ("soft", [8])]
+    assert all(t["meta"]["stopped"] and t["marker"]["symbol"].endswith("-open") for t in stopped)
+    on_fronts = {r for t in views["dev"]["data"] if t["meta"]["kind"] == "front" for r in t["customdata"]}
+    assert on_fronts and max(on_fronts) < 7
+    text, _ = _parse(tmp_path / "with" / REPORT_FILE)
+    assert text.count('data-stopped="1"') == 2 and 'id="show-stopped" checked> 2 stopped at a rung' in text
+    assert "stopped at step 4</span>" in text and "stopped at step 4: its values there, never on a front" in text
 
 
 def test_write_exports_writes_the_report_and_lists_it(exported):
@@ -330,6 +399,39 @@ def browser():
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not on PATH: install Debian's chromium (apt-get install chromium), as .ci/run does")
     return "chromium"
+
+
+# Opens the report in a frame, reads what it drew in the dev view, clears the stopped box and reads it again.
+_TOGGLE = """<!DOCTYPE html><html><body><iframe id="f" src="report.html#dev" width="1400" height="1000"></iframe>
+<script>
+var f = document.getElementById("f");
+function read(d) {
+  var rows = d.querySelectorAll("#trials-table tr[data-stopped]");
+  return d.getElementById("fronts").dataset.drawnTrials + "/" +
+    Array.prototype.filter.call(rows, function (tr) { return tr.hidden; }).length + "/" + rows.length;
+}
+f.onload = function () {
+  setTimeout(function () {
+    var d = f.contentDocument, before = read(d);
+    d.getElementById("show-stopped").click();
+    setTimeout(function () { document.body.dataset.toggle = before + " then " + read(d); }, 3000);
+  }, 5000);
+};
+</script></body></html>
+"""
+
+
+def test_stopped_trials_are_drawn_faded_and_toggled_in_a_browser(browser, tmp_path):
+    write_exports(_stopped_table(), tmp_path, OBJECTIVES)
+    dom, log = _chromium((tmp_path / REPORT_FILE).as_uri(), tmp_path)
+    assert not _console(log), _console(log)
+    # The test view draws the full-budget trials with finite values; the stopped ones are not on it.
+    assert _attributes(dom, "section", "fronts")["data-drawn-trials"] == "5"
+    (tmp_path / "toggle.html").write_text(_TOGGLE)
+    dom, log = _chromium((tmp_path / "toggle.html").as_uri(), tmp_path, "--allow-file-access-from-files")
+    assert not _console(log), _console(log)
+    # Dev view: 6 full-budget trials and the 2 stopped ones, no stopped row hidden; cleared: 6, both rows hidden.
+    assert _attributes(dom, "body")["data-toggle"] == "8/0/2 then 6/2/2"
 
 
 def test_the_smoke_sweeps_report_renders_in_a_browser(browser, smoke_sweep, tmp_path):
