@@ -100,9 +100,10 @@ def _record_end(record: Path, code: int, signal_name: str | None) -> int:
     summary = json.loads(record.read_text())
     how = f"exit code {code}" if code >= 0 else f"killed by {signal.Signals(-code).name}"
     reason = (
-        f"the driver process ended abruptly ({how}"
+        f"the driver process ended before it recorded the sweep's end ({how}"
         + (f", after {signal_name}" if signal_name else "")
-        + "): Ray stopped under it (its raylet died or was signalled), or the process was killed; "
+        + "): Ray stopped under it (its raylet died or was signalled), a kill, or a Python error (its traceback "
+        + "is above); "
         + RESUME_HINT
     )
     summary.update(status="INTERRUPTED", reason=reason, interrupted_by=signal_name)
