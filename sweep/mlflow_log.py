@@ -469,7 +469,8 @@ def parent_record(tracking_uri: str, parent_run_id: str) -> dict[str, Any]:
 def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
     """One row per finished trial of a sweep, with the columns of the ``trials.parquet`` contract.
 
-    Rows are ordered by trial id so that two reads of the same store give identical tables.
+    Rows are ordered by tuner and trial key so that two reads of the same store, and two runs of the same sweep,
+    give identically ordered tables.
     """
     from mlflow.entities import ViewType
 
@@ -497,11 +498,13 @@ def trials_table(tracking_uri: str, parent_run_id: str) -> pd.DataFrame:
         row[REPLICATE_PROMPTS] = json.loads(tags.get(REPLICATE_PROMPTS, "[]"))
         row[STEPS_DONE] = float(tags[STEPS_DONE]) if STEPS_DONE in tags else math.nan
         row[STOPPED_AT] = float(tags[STOPPED_AT]) if STOPPED_AT in tags else math.nan
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    if table.empty:
+        rows.append((tags.get(TRIAL_KEY, row["trial_id"]), row))
+    if not rows:
         return pd.DataFrame(columns=["tuner", "trial_id", "mlflow_run_id", "prompt_text", "prompt_ids"])
-    return table.sort_values(["tuner", "trial_id"], kind="stable").reset_index(drop=True)
+    # Ordered by tuner, then trial key (a hash of the configuration): the same sweep run twice, whose Tune trial
+    # ids are random, lists its rows (and front.tex its baselines) in the same order.
+    rows.sort(key=lambda item: (item[1]["tuner"], item[0]))
+    return pd.DataFrame([row for _, row in rows])
 
 
 def collect_curves(

@@ -39,7 +39,7 @@ dropped one at a time (:func:`select_top`). The new trial continues if it is adm
   rungs (a front of 2 or 3 trials, one to keep) would fall through to a second, arbitrary rule; and the
   ε-net starts from a random or a fixed-objective seed, where a decision here must be reproducible to be
   replayed. The reference point is the rung's own nadir less 10 % of each objective's range over every trial
-  recorded there (the rule of ``sweep.pareto.reference_point``), so both ends of a front count. Exactly equal
+  recorded there (the rule of ``sweep.results.pareto.reference_point``), so both ends of a front count. Exactly equal
   contributions go to the trial recorded first: the incumbent's decision already stands. (Duplicates tie at 0;
   so do two trials that are alone at a rung and define its nadir themselves, Δx·0.1Δy each: the first stays.)
 - A result without every objective, or with a non-finite one, is ``CONTINUE`` and not recorded: a failing
@@ -229,7 +229,7 @@ def hv_contributions(points: np.ndarray, reference: Sequence[float]) -> np.ndarr
 
 def nadir_reference(points: np.ndarray) -> np.ndarray:
     """``(k,)``: each column's minimum less 10 % of its range (``1e-9 * max(1, |min|)`` for a zero range), the
-    rule of ``sweep.pareto.reference_point``, so every point, the ends of the front too, adds volume."""
+    rule of ``sweep.results.pareto.reference_point``, so every point, the ends of the front too, adds volume."""
     points = np.asarray(points, dtype=np.float64)
     low, high = points.min(axis=0), points.max(axis=0)
     span = high - low

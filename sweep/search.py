@@ -72,6 +72,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from objectives.metrics import METRICS
+from sweep.results.columns import STOPPED_AT
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +81,6 @@ _JOIN = "+"
 FIXED_ATTR = "fixed"  # user attr of a fixed trial added to a study; its value names the configuration
 ZERO = "zero"
 DESIGN_ATTR = "design"  # user attr of a space-filling start point: its index in the design
-# Key of a trial's last result when the scheduler stopped it at a rung: the step it reached. Such a trial is
-# told to its study as PRUNED, never as a full-budget COMPLETE result.
-STOPPED_AT = "stopped_at_step"
 # Key of an intermediate result a trial reports at a rung (its replicates' means at equal steps). A trial whose
 # last result is one was stopped there: one that finishes always reports its full-budget result last.
 AT_RUNG = "at_rung"

@@ -34,7 +34,7 @@ CONTRACT = (
 
 
 def _brute_force_front(values: np.ndarray) -> np.ndarray:
-    """Non-dominated rows (maximisation), written independently of sweep.pareto."""
+    """Non-dominated rows (maximisation), written independently of sweep.results.pareto."""
     keep = []
     for i, a in enumerate(values):
         dominated = any(np.all(b >= a) and np.any(b > a) for j, b in enumerate(values) if j != i)
