@@ -9,7 +9,7 @@ trainer), ``baselines.py`` (the tuners that train nothing: no prompt, hand-writt
 
 from __future__ import annotations
 
-from tuners import baselines, pez, rlprompt, soft  # noqa: F401  (importing registers the tuners)
+from tuners import baselines, pez, rlprompt, soft, synthetic  # noqa: F401  (importing registers the tuners)
 from tuners.base import PromptResult, Reporter, Tuner, available, get_tuner, make_config, register
 from tuners.presets import PRESETS, preset_config
 
