@@ -29,7 +29,7 @@ RUN_OPTIONS = {"--preset", "--config", "--set", "--out"}
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTERS = ROOT / "clusters"
-RECIPES = ("aws-gpu.yaml", "kuberay-rayjob.yaml", "mlflow-server.yaml", "onprem.md", "README.md")
+RECIPES = ("aws-gpu.yaml", "kuberay-rayjob.yaml", "mlflow-server.yaml", "onprem.md", "README.md", "tracking.py")
 # Recipes that must show at least one sweep command.
 RECIPES_WITH_ENTRY_POINTS = ("aws-gpu.yaml", "kuberay-rayjob.yaml", "onprem.md")
 LAUNCHER_KEYS = ("cluster_name", "provider", "available_node_types", "head_node_type")
@@ -238,7 +238,7 @@ def test_mlflow_deployment_uses_a_database_backend():
         scheme = urlparse(uri).scheme.split("+")[0]
         assert scheme in DATABASE_SCHEMES, f"backend store {uri!r} is not a database URI ({DATABASE_SCHEMES})"
         assert _option(command, "--artifacts-destination") or _option(command, "--default-artifact-root")
-        assert _option(command, "--host") == "0.0.0.0" and _option(command, "--port") == "5000"
+        assert _option(command, "--port") == "5000"
 
 
 def test_mlflow_service_is_named_mlflow_on_port_5000():
@@ -388,3 +388,154 @@ def test_readme_indexes_every_recipe():
     assert not missing, f"clusters/README.md does not mention {missing}"
     for needle in ("RAY_AUTH_MODE", ".gitignore", "512 MiB"):
         assert needle in text, f"clusters/README.md never mentions {needle!r}"
+
+
+# ------------------------------------------------------------------------------------ keeping people out
+
+
+def _all_mlflow_servers() -> list[tuple[str, str]]:
+    """Every `mlflow server ...` command line of every recipe, as (where, command from `mlflow server` on)."""
+    found = [("mlflow-server.yaml", command) for command in _mlflow_server_commands()]
+    for path, config in _launcher_configs():
+        for command in [*config.get("head_setup_commands", []), *config.get("setup_commands", [])]:
+            if "mlflow server" in command:
+                found.append((path.name, command[command.index("mlflow server") :]))
+    for line in (CLUSTERS / "onprem.md").read_text().splitlines():
+        if "mlflow server --" in line:
+            found.append(("onprem.md", line[line.index("mlflow server") :]))
+    return found
+
+
+def _shell_words(command: str) -> str:
+    """A recipe's shell command with `$(...)` substitutions blanked, so shlex can split it."""
+    return re.sub(r"\$\([^)]*\)", "SUBST", command)
+
+
+def test_every_mlflow_server_runs_with_authentication():
+    servers = _all_mlflow_servers()
+    assert {where for where, _ in servers} >= {"mlflow-server.yaml", "aws-gpu.yaml", "onprem.md"}, servers
+    for where, command in servers:
+        assert _option(_shell_words(command), "--app-name") == "basic-auth", f"{where}: no authentication: {command}"
+
+
+def test_no_secret_on_a_command_line():
+    """Passwords on a command line are readable by every user of the machine (`ps`) and kept in shell histories."""
+    for where, command in _all_mlflow_servers():
+        uri = _option(_shell_words(command), "--backend-store-uri") or ""
+        assert urlparse(uri).password is None, f"{where}: the backend store URI carries a password: {uri}"
+        assert not re.search(r"\$\{?\w*(PASSWORD|SECRET)", command), f"{where}: a secret expanded into argv: {command}"
+    for path in [*_yaml_files(), *CLUSTERS.glob("*.md")]:
+        text = path.read_text()
+        assert not re.search(r"--from-literal=\S*(password|secret)", text, re.IGNORECASE), path.name
+        assert not re.search(r"-v\s+\w+=\"?\$\(cat", text), f"{path.name}: a secret passed with psql -v"
+        assert not re.search(r"curl\s+[^\n]*-u\s", text), f"{path.name}: curl -u puts a password in argv"
+
+
+def test_kubernetes_secrets_come_from_secrets():
+    for _, doc in _all_documents():
+        if doc.get("kind") not in ("Deployment", "RayJob", "Job"):
+            continue
+        for pod in _pod_specs(doc) if doc["kind"] != "Job" else [doc["spec"]["template"]["spec"]]:
+            for container in pod["containers"]:
+                for env in container.get("env", []):
+                    if re.search("PASSWORD|SECRET|TOKEN", env["name"]):
+                        assert "secretKeyRef" in env.get("valueFrom", {}), f"{env['name']} is not from a Secret: {env}"
+
+
+def test_rayjob_pods_log_as_the_sweep_user_of_the_mlflow_recipe():
+    """The driver (head) and the trials (workers) read the credentials the MLflow recipe's Job creates."""
+    created = {
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for job in _of_kind("Job")
+        for container in job["spec"]["template"]["spec"]["containers"]
+        for env in container.get("env", [])
+        if env["name"].startswith("SWEEP_")
+    }
+    assert created, "no Job of the MLflow recipe creates the sweep user"
+    for job in _of_kind("RayJob"):
+        for pod in _pod_specs(job):
+            for container in pod["containers"]:
+                env = {e["name"]: e for e in container.get("env", [])}
+                for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                    assert name in env, f"{container['name']} lacks {name}: its trials could not log to MLflow"
+                    assert env[name]["valueFrom"]["secretKeyRef"]["name"] in created
+
+
+def test_servers_bind_to_the_cluster_network_or_loopback():
+    for where, command in _all_mlflow_servers():
+        host = _option(_shell_words(command), "--host")
+        if where == "mlflow-server.yaml":
+            continue  # a pod's 0.0.0.0 is its own address; NetworkPolicies decide who connects (next test)
+        assert host not in (None, "0.0.0.0", "::"), f"{where}: MLflow listens on every interface: {command}"
+    for path, config in _launcher_configs():
+        for command in config.get("head_start_ray_commands", []):
+            assert "--dashboard-host=0.0.0.0" not in command, f"{path.name}: the jobs API on every interface"
+    onprem = (CLUSTERS / "onprem.md").read_text()
+    assert "--dashboard-host=0.0.0.0" not in onprem and "--host 0.0.0.0" not in onprem
+
+
+def test_kubernetes_servers_are_fenced_by_network_policies():
+    policies = _of_kind("NetworkPolicy")
+    for deployment in _of_kind("Deployment"):
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        fenced = [p for p in policies if p["spec"]["podSelector"].get("matchLabels", {}).items() <= labels.items()]
+        assert fenced and all(p["spec"].get("ingress") for p in fenced), (
+            f"Deployment {deployment['metadata']['name']} accepts connections from every pod of the cluster"
+        )
+
+
+def test_ray_token_authentication_is_on():
+    for path, config in _launcher_configs():
+        for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+            starts = [c for c in config.get(key, []) if "ray start" in c]
+            assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), f"{path.name} {key}: {starts}"
+    for job in _of_kind("RayJob"):
+        assert job["spec"]["rayClusterSpec"].get("authOptions", {}).get("mode") == "token"
+    onprem = (CLUSTERS / "onprem.md").read_text()
+    before_start = onprem[: onprem.index("ray start --head")]
+    assert "export RAY_AUTH_MODE=token" in before_start
+
+
+# An exact release (PostgreSQL's are major.minor) or a digest; never `latest` or a bare major version.
+_PINNED_TAG = re.compile(r"(@sha256:[0-9a-f]{64}$)|(:v?\d+\.\d+(\.\d+)?[\w.-]*$)")
+
+
+def _images() -> list[tuple[str, str]]:
+    images = [(path.name, config["docker"]["image"]) for path, config in _launcher_configs() if "docker" in config]
+    for path, doc in _all_documents():
+        if doc.get("kind") in ("Deployment", "RayJob", "Job"):
+            pods = _pod_specs(doc) if doc["kind"] != "Job" else [doc["spec"]["template"]["spec"]]
+            images += [(path.name, c["image"]) for pod in pods for c in pod["containers"]]
+    return images
+
+
+def test_images_and_archives_are_pinned():
+    images = _images()
+    assert images
+    for where, image in images:
+        assert _PINNED_TAG.search(image), f"{where}: image {image!r} is not pinned to an exact version or digest"
+    for path in [*_yaml_files(), *CLUSTERS.glob("*.md")]:
+        text = path.read_text()
+        assert "refs/heads/" not in text, f"{path.name}: an archive of a branch moves; pin a commit"
+        for match in re.finditer(r"pip install[^\n]*", text):
+            for package in ("psycopg2-binary", "Flask-WTF", "ray[default]", "torch", "boto3"):
+                for found in re.finditer(re.escape(package) + r"(\S*)", match.group(0)):
+                    if package == "boto3" or found.group(1).startswith("_"):
+                        continue  # boto3 rides along with the AWS CLI's; "torch_..." is another word
+                    assert found.group(1).startswith("=="), f"{path.name}: unpinned {package}: {match.group(0)}"
+
+
+def test_the_local_tracking_server_is_loopback_and_authenticated():
+    """``clusters/tracking.py`` (``make tracking``): checked without starting it."""
+    from clusters import tracking
+
+    assert tracking.HOST == "127.0.0.1"
+    source = (CLUSTERS / "tracking.py").read_text()
+    for needle in (
+        '"--app-name",\n        "basic-auth"',
+        '"--serve-artifacts"',
+        "unix_socket_directories",
+        "PGPASSFILE",
+    ):
+        assert needle in source, f"tracking.py lost {needle!r}"
+    assert "runuser" in source  # PostgreSQL refuses root: as root its programs run as the postgres user
