@@ -115,10 +115,16 @@ class SweepConfig:
     ray_num_cpus: int | None = field(default=None, metadata={"help": "CPUs of the embedded local Ray (default all)"})
 
     def __post_init__(self) -> None:
-        from objectives.metrics import METRICS
-        from objectives.problem import MAX_SEED, ProblemConfig
-        from tuners import available, get_tuner
-        from tuners.base import make_config
+        # In this order: a message about a name comes before one about the values it names.
+        self._check_names()
+        self._check_search()
+        self._check_sizes()
+        self._check_shared_problem()
+        self._check_objectives()
+        self._check_scheduling()
+
+    def _check_names(self) -> None:
+        from tuners import available
 
         if not self.name or any(c in self.name for c in "/\\"):
             raise ConfigError(f"name={self.name!r} must be a non-empty name without slashes")
@@ -136,6 +142,11 @@ class SweepConfig:
         overlap = sorted(set(self.tuners) & set(self.baselines))
         if overlap:
             raise ConfigError(f"{overlap} are baselines; list them under baselines, not tuners")
+
+    def _check_search(self) -> None:
+        from objectives.problem import ProblemConfig
+        from tuners import get_tuner
+
         known_problem = {f.name for f in dataclasses.fields(ProblemConfig)}
         for key in self.problem:
             if key not in known_problem:
@@ -163,6 +174,10 @@ class SweepConfig:
                     )
                 if typing.get_type_hints(cls).get(knob) is int and not all(float(b).is_integer() for b in bounds):
                     raise ConfigError(f"search.{tuner}.{knob}={list(bounds)}: {knob} is an integer; give whole bounds")
+
+    def _check_sizes(self) -> None:
+        from objectives.problem import MAX_SEED
+
         if not 1 <= self.replicates <= MAX_REPLICATES:
             raise ConfigError(
                 f"replicates={self.replicates} must be in [1, {MAX_REPLICATES}]: each replicate is a whole tuner run "
@@ -171,7 +186,7 @@ class SweepConfig:
         if not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
             raise ConfigError(
                 f"num_samples={self.num_samples} must be in [1, {MAX_NUM_SAMPLES}] trials per tuner (the paper preset "
-                "runs 32); for more, run several sweeps"
+                "runs 256 with early stopping); for more, run several sweeps"
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed={self.seed} must be in [0, {MAX_SEED}] (numpy seeds are unsigned 32-bit)")
@@ -182,6 +197,11 @@ class SweepConfig:
             )
         if self.manual_prompts is not None and (not self.manual_prompts or not all(self.manual_prompts)):
             raise ConfigError(f"manual_prompts={list(self.manual_prompts)} must be a non-empty list of non-empty texts")
+
+    def _check_shared_problem(self) -> None:
+        from tuners import get_tuner
+        from tuners.base import make_config
+
         configs = {t: make_config(get_tuner(t).config_cls, self.trial_values(t)) for t in self.runs()}
         first, reference = next(iter(configs.items()))
         for name, config in configs.items():
@@ -197,6 +217,10 @@ class SweepConfig:
         for extra in set(self.tuner_config) | set(self.search):
             if extra not in self.tuners:
                 get_tuner(extra)
+
+    def _check_objectives(self) -> None:
+        from objectives.metrics import METRICS
+
         if len(self.objectives) < 2:
             raise ConfigError(f"objectives={self.objectives} needs at least 2 metrics for a Pareto front")
         for metric, label in self.axis_labels.items():
@@ -212,6 +236,8 @@ class SweepConfig:
                     f"objective {name!r} is measured on test data, which must never steer the search; use its dev "
                     "counterpart (test accuracy is reported with every trial)"
                 )
+
+    def _check_scheduling(self) -> None:
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler={self.sampler!r} is not one of {SAMPLERS}")
         if self.scheduler not in SCHEDULERS:

@@ -1,6 +1,7 @@
-"""The sweep driver's plumbing: where a sweep records itself, its lock, signals, Ray, the Tune run, the end.
+"""The sweep driver's plumbing: where a sweep records itself, its lock, signals, Ray, and what stopped it.
 
-``sweep/run.py`` reads top to bottom through these. What a sweep's end must be, whatever stops it:
+``sweep/run.py`` reads top to bottom through these, ``sweep/tune_run.py`` (the Tune run) and
+``sweep/finish.py`` (the end). What a sweep's end must be, whatever stops it:
 
 - every trial that can still run is resumable by rerunning the same command (the ledger of
   ``sweep/ledger.py`` rebuilds the sweep from MLflow and the Optuna studies);
@@ -22,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from objectives.errors import ConfigError, ResourceError
-from sweep import failpoints, supervise
+from sweep import supervise
 from sweep.config import SweepConfig
 
 _ROOT = Path(__file__).resolve().parents[1]
@@ -39,13 +39,15 @@ logger = logging.getLogger("sweep.run")
 # 0 only when every trial finished; an interrupted sweep (resumable) is not a success either.
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "INTERRUPTED": 130}
 # The MLflow run status of a sweep's parent for each sweep status (MLflow has no INTERRUPTED).
-_PARENT_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "INTERRUPTED": "KILLED"}
+PARENT_STATUS = {"FINISHED": "FINISHED", "FAILED": "FAILED", "INTERRUPTED": "KILLED"}
 STATUS_TAG = "promptsweep.status"
 RESUME_HINT = "rerun the same command (same --out) to resume"
 # Space held back in ``out`` while trials run and given up when the sweep ends, so that a disk filled
 # mid-sweep still leaves room to close the MLflow runs and write the record (and, most often, the exports).
 RESERVE_FILE = ".sweep.reserve"
 RESERVE_BYTES = 16 * 2**20
+# The mo_asha scheduler's decisions, written whole with each one (sweep/tune_run.py).
+SCHEDULER_STATE = "scheduler.json"
 
 
 # ----- the record ------------------------------------------------------------------------------------------
@@ -429,254 +431,3 @@ def _free_mb(out: Path) -> int:
         return shutil.disk_usage(out).free // 2**20
     except OSError:
         return -1
-
-
-# ----- the Tune run ----------------------------------------------------------------------------------------
-
-
-def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, verbose: bool = True) -> None:
-    """One Tune run for every trial still to run, all tuners and baselines together: the configurations a lost
-    driver had started first, then the fixed trials left, then each tuner's Optuna search.
-
-    Every run of the driver is a fresh Tune run: what is done and what to continue comes from MLflow and
-    the Optuna studies (``sweep/ledger.py``), never from Tune's experiment state.
-    """
-    from ray import tune
-
-    from sweep import ledger
-    from sweep.progress import SweepProgress
-    from sweep.search import MultiTunerSearch, integer_knobs_of, make_searcher, sampled_budget
-    from sweep.trainable import RungStops, TrialContext, run_trial
-    from tuners import get_tuner
-
-    fixed = config.fixed_trials()
-    scheduler = make_scheduler(config, out)
-    rungs = {tuner: tuple(scheduler.rungs(tuner)) for tuner in config.rung_plan()} if scheduler is not None else {}
-    knobs = {tuner: tuple(config.search.get(tuner, {})) for tuner in config.runs()}
-    integers = {tuner: integer_knobs_of(get_tuner(tuner).config_cls, knobs[tuner]) for tuner in config.runs()}
-    contexts = {
-        tuner: TrialContext(
-            tuner=tuner,
-            values=config.trial_values(tuner),
-            weights=knobs[tuner],
-            integer_knobs=integers[tuner],
-            tracking_uri=plan.tracking_uri,
-            experiment_id=plan.experiment_id,
-            parent_run_id=plan.parent,
-            objectives=config.objectives,
-            replicates=config.replicates,
-            checkpoint_every=config.checkpoint_every,
-            tags=plan.tags,
-            rungs=rungs.get(tuner, ()),
-        )
-        for tuner in config.runs()
-    }
-    searchers = {
-        tuner: make_searcher(
-            ranges=config.search[tuner],
-            objectives=config.objectives,
-            sampler=config.sampler,
-            seed=config.seed + plan.attempt - 1,  # a resumed sampler draws on from the study, not a replay
-            budget=sampled_budget(config.num_samples, fixed[tuner]),
-            storage_path=out / "optuna.db",
-            study_name=f"{config.name}-{tuner}-{plan.parent[:8]}",
-            integer_knobs=integers[tuner],
-        )
-        for tuner in config.tuners
-        if config.search.get(tuner)
-    }
-    resumed = None
-    if plan.resumed:
-        runs = ledger.read_runs(plan.tracking_uri, plan.parent)
-        resumed = ledger.resume(
-            tracking_uri=plan.tracking_uri,
-            tuners=config.runs(),
-            knobs=knobs,
-            searchers=searchers,
-            objectives=config.objectives,
-            runs=runs,
-        )
-        failpoints.hit("resumed")
-    search = MultiTunerSearch(
-        searchers, fixed=fixed, knobs=knobs, num_samples=config.num_samples, seed=config.seed, resumed=resumed
-    )
-    if search.total_trials + search.done_before != config.total_trials():
-        raise AssertionError(f"{search.total_trials} + {search.done_before} trials != {config.total_trials()} planned")
-    if search.total_trials == 0:
-        logger.info("every trial of this sweep has its outcome already; nothing to run")
-        return
-    resources = {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, contexts=contexts), resources)
-    progress = SweepProgress(config.total_trials(), already_done=search.done_before)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=search,
-            num_samples=search.total_trials,
-            max_concurrent_trials=config.max_concurrent,
-            scheduler=scheduler,
-            # Trials share an actor process one after another, so the model and data loaded by the first
-            # (cached per process) serve the rest.
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=config.name,
-            storage_path=str(out / "ray"),
-            verbose=1 if verbose else 0,
-            callbacks=[RungStops(plan.tracking_uri), *([] if verbose else [progress])],
-            # A trial whose worker died (or whose machine failed it) is retried, from its own checkpoint; one
-            # that failed by itself reports its failure instead of raising (sweep/trainable.py).
-            failure_config=tune.FailureConfig(max_failures=config.max_retries, fail_fast=False),
-        ),
-    )
-    try:
-        grid = tuner.fit()
-    finally:
-        outcome.dropped = sum(search.dropped.values())
-    outcome.errors.extend(f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None)
-    if outcome.errors:
-        logger.warning("%d trials gave up after their retries; first error: %s", len(outcome.errors), outcome.errors[0])
-
-
-SCHEDULER_STATE = "scheduler.json"
-
-
-def make_scheduler(config: SweepConfig, out: Path) -> Any:
-    """The ``mo_asha`` scheduler of a sweep (None under ``fifo``), on the sweep's objectives and directions,
-    its decisions kept in ``out/scheduler.json`` (written whole with every decision, read back by a resumed
-    sweep, so that no trial is judged twice at a rung)."""
-    plan = config.rung_plan()
-    if not plan:
-        return None
-    from sweep.scheduler import MOASHA
-    from sweep.search import directions
-
-    return MOASHA(
-        objectives=config.objectives,
-        modes=directions(config.objectives),
-        max_steps={tuner: steps for tuner, (_, steps) in plan.items()},
-        grace_steps={tuner: grace for tuner, (grace, _) in plan.items()},
-        reduction_factor=config.reduction_factor,
-        state_path=out / SCHEDULER_STATE,
-    )
-
-
-# ----- the end ---------------------------------------------------------------------------------------------
-
-
-def finish(
-    config: SweepConfig,
-    out: Path,
-    plan: Plan,
-    outcome: Outcome,
-    *,
-    timings: dict[str, float],
-    started: float,
-    resources: dict[str, float],
-) -> dict[str, Any]:
-    """Close what is left RUNNING, write the exports and ``sweep.json``, close the MLflow parent.
-
-    Each step that fails (MLflow away, a full disk) turns the sweep INTERRUPTED with the reason instead of
-    raising: the rerun redoes what is missing. Returns what ``sweep.json`` holds (also when it could not be
-    written), with ``exported`` (the exports) for the console summary.
-    """
-    from sweep import mlflow_log
-    from sweep.mlflow_log import collect_curves
-    from sweep.results.exports import write_exports
-
-    release_reserve(out)
-    summary: dict[str, Any] = {**record(config, out, plan, status="INTERRUPTED"), "resumed": plan.resumed}
-    summary.update(interrupted_by=outcome.signal, cluster_resources=resources, trials_expected=outcome.expected)
-    exported = None
-    try:
-        closed = mlflow_log.close_running_children(
-            plan.tracking_uri, plan.parent, reason=f"the sweep was interrupted while this trial ran; {RESUME_HINT}"
-        )
-        counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent)
-        first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent)
-        table = mlflow_log.trials_table(plan.tracking_uri, plan.parent)
-    except Exception as err:
-        return _fail_finish(summary, outcome, out, plan, "reading the trials back from MLflow", err)
-    finished, failed = counts.get("FINISHED", 0), counts.get("FAILED", 0)
-    planned = outcome.expected - outcome.dropped
-    unfinished = max(0, planned - finished - failed)
-    if outcome.fault is None and outcome.errors and unfinished:
-        if any("disk is full" in e or "No space left" in e for e in outcome.errors):
-            outcome.fault = f"the disk of {out} filled up under the trials: free space, then {RESUME_HINT}"
-        else:
-            outcome.fault = f"{len(outcome.errors)} trials gave up after {config.max_retries} retries; {RESUME_HINT}"
-    if outcome.fault is not None or unfinished:
-        status = "INTERRUPTED"
-    else:
-        status = "FAILED" if failed else "FINISHED"
-    summary.update(
-        status=status,
-        reason=outcome.fault or (f"{failed} trials failed by themselves (not retried)" if failed else None),
-        trials_planned=planned,
-        trials_dropped=outcome.dropped,
-        trials_finished=finished,
-        trials_stopped=counts.get("stopped", 0),
-        trials_failed=failed,
-        trials_unfinished=unfinished,
-        trials_killed=counts.get("KILLED", 0),
-        trials_retried=counts.get("retried", 0),
-        trials_interrupted_now=closed,
-        first_error=first_error or (outcome.errors[0] if outcome.errors else None),
-    )
-    try:
-        exported = write_exports(
-            table,
-            out,
-            config.objectives,
-            labels=config.axis_labels,
-            curves=collect_curves(plan.tracking_uri, table["mlflow_run_id"].tolist() if len(table) else []),
-            # total_s is known only after the exports; the report shows the time up to them.
-            header={**summary, "timings": {**timings, "before_exports_s": time.time() - started}},
-        )
-    except Exception as err:
-        return _fail_finish(summary, outcome, out, plan, "writing the exports", err)
-    failpoints.hit("exports")
-    timings["total_s"] = time.time() - started
-    summary.update(summary_metrics=exported.summary_metrics, timings=timings)
-    files = [out / name for name in exported.files]
-    try:
-        write_json(out / "sweep.json", summary)
-        mlflow_log.finish_parent(
-            plan.tracking_uri,
-            plan.parent,
-            files=[*files, out / "sweep.json"],
-            metrics=exported.summary_metrics,
-            status=_PARENT_STATUS[status],
-            tags={STATUS_TAG: status, "promptsweep.reason": str(summary["reason"] or "")[:5000]},
-        )
-    except Exception as err:
-        return _fail_finish(summary, outcome, out, plan, "closing the sweep's record", err, exported=exported)
-    return {**summary, "exported": exported}
-
-
-def _fail_finish(
-    summary: dict[str, Any],
-    outcome: Outcome,
-    out: Path,
-    plan: Plan,
-    step: str,
-    err: Exception,
-    *,
-    exported: Any = None,
-) -> dict[str, Any]:
-    """The end when the end itself fails: INTERRUPTED with what failed, recorded wherever it still can be."""
-    from sweep import mlflow_log
-
-    where = "the disk is full" if is_disk_full(err) else f"{type(err).__name__}: {str(err)[:300]}"
-    reason = f"{step} failed ({where}); " + ("free space, then " if is_disk_full(err) else "") + RESUME_HINT
-    if outcome.fault:
-        reason = f"{outcome.fault}; then {reason}"
-    logger.error("%s", reason)
-    summary.update(status="INTERRUPTED", reason=reason)
-    with contextlib.suppress(Exception):
-        write_json(out / "sweep.json", summary)
-    with contextlib.suppress(Exception):
-        mlflow_log.finish_parent(
-            plan.tracking_uri, plan.parent, files=[], status="KILLED", tags={STATUS_TAG: "INTERRUPTED"}
-        )
-    return {**summary, "exported": exported}

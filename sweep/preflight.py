@@ -126,8 +126,26 @@ def estimate_bytes(config: SweepConfig, hidden_sizes: dict[str, int | None]) -> 
                 params += 2 * (hidden_sizes.get(policy) or 1024) * tuner_config.mlp_hidden
             checkpoint = params * _CHECKPOINT_BYTES_PER_PARAM
         largest = max(largest, checkpoint)
-        total += count * (_PER_TRIAL_BYTES + rows * _METRIC_ROW_BYTES)
+        # Under mo_asha most configurations stop at a rung: the anchor runs its full budget, the others on
+        # average the share of steps successive halving gives them.
+        full = 1 + (count - 1) * _halving_share(config, name) if count > 1 else count
+        total += count * _PER_TRIAL_BYTES + int(full * rows * _METRIC_ROW_BYTES)
     return total + config.max_concurrent * 2 * largest
+
+
+def _halving_share(config: SweepConfig, tuner: str) -> float:
+    """The mean share of its steps a configuration of ``tuner`` runs under the sweep's scheduler: 1 under fifo;
+    under mo_asha ``sum_k eta^-k (r_(k+1) - r_k) / steps`` over its rungs (0 and the budget added), doubled for
+    the first arrivals at each rung, which go on."""
+    from sweep.scheduler import rung_steps
+
+    plan = config.rung_plan().get(tuner)
+    if plan is None:
+        return 1.0
+    grace, steps = plan
+    bounds = [0, *rung_steps(grace, config.reduction_factor, steps), steps]
+    share = sum((bounds[k + 1] - bounds[k]) / steps / config.reduction_factor**k for k in range(len(bounds) - 1))
+    return min(1.0, 2 * share)
 
 
 def check_free_space(config: SweepConfig, out: Path, hidden_sizes: dict[str, int | None]) -> None:
@@ -354,8 +372,11 @@ def preflight(config: SweepConfig, out: Path, *, local: bool) -> None:
             f"ray_num_cpus={config.ray_num_cpus} but each trial reserves cpus_per_trial={config.cpus_per_trial:g}: "
             "no trial could start in the embedded Ray; raise ray_num_cpus (or leave it unset) or lower cpus_per_trial"
         )
-    if config.tracking_uri:  # the default store lives in ``out``, which the sweep creates
-        check_tracking_uri(config.tracking_uri)
+    # The default store lives in ``out``, which the sweep creates; a tracking server may come from the environment
+    # (MLFLOW_TRACKING_URI, with the credentials beside it), as the sweep then uses it.
+    tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        check_tracking_uri(tracking_uri)
     seen: set[tuple] = set()
     hidden_sizes: dict[str, int | None] = {}
     for name, trials in config.fixed_trials().items():

@@ -31,6 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Real SmolLM2-135M on real reviews: PEZ and RLPrompt side by side with the baselines in under 10 minutes
     # on 2 cores. Both search their fluency knobs (lambda_ppl and the fluent top-k, 0 = unrestricted). The
     # budget is a demo's, not a study's: 3 trials per tuner (the unregularised one included), 3 replicates each.
+    # fifo, not mo_asha: at 3 full trials' compute early stopping loses (benchmarks/search_efficiency.py), and 9
+    # configurations reaching 100 PEZ / 48 RLPrompt steps took 30 min here (benchmarks/demo_mo_asha.yaml).
     "demo": {
         "name": "demo",
         "preset": "demo",
@@ -42,7 +44,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cpus_per_trial": 1,
         "ray_num_cpus": 2,
     },
-    # The originals' setting on a GPU cluster: GPT-2, SST-2 16-shot, four trials per GPU.
+    # The originals' setting on a GPU cluster: GPT-2, SST-2 16-shot, four trials per GPU. Early stopping
+    # (mo_asha, three rungs at steps / 27, 9 and 3) lets 256 configurations per tuner cost about what 32 full
+    # trials did (successive halving spends ~ 1/9 of a full trial per configuration at eta 3 with three rungs;
+    # benchmarks/search_efficiency.py --section multi sizes 275 for equal compute). Measured on its synthetic
+    # problem: ends level with fifo+tpe at 32, reaches fifo+random's hypervolume at 67-71 % of the steps.
     "paper": {
         "name": "paper",
         "preset": "paper",
@@ -52,7 +58,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "soft": {**_WEIGHTS, "fluent_top_k": [8, 4096]},
             "rlprompt": {"lambda_ppl": [0.01, 10.0], "fluent_top_k": [8, 1024]},
         },
-        "num_samples": 32,
+        "num_samples": 256,
+        "scheduler": "mo_asha",
+        "reduction_factor": 3,
         "replicates": 5,
         "max_concurrent": 16,
         "cpus_per_trial": 2,

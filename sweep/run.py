@@ -125,8 +125,10 @@ def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False, verbose: b
     its status saying so (``sweep/driver.py``).
     """
     from sweep import driver
+    from sweep.finish import finish
     from sweep.preflight import preflight
     from sweep.summary import print_summary
+    from sweep.tune_run import run_trials
 
     started = time.time()
     preflight(config, out, local=not os.environ.get("RAY_ADDRESS"))
@@ -142,13 +144,11 @@ def run_sweep(config: SweepConfig, out: Path, *, fresh: bool = False, verbose: b
                 timings: dict[str, float] = {}
                 t0 = time.time()
                 try:
-                    driver.run_trials(config, out, plan, outcome, verbose=verbose)
+                    run_trials(config, out, plan, outcome, verbose=verbose)
                 except (driver.Interrupted, KeyboardInterrupt, Exception) as err:
                     outcome.stopped_by(err, out)
                 timings["tune_s"] = time.time() - t0
-                summary = driver.finish(
-                    config, out, plan, outcome, timings=timings, started=started, resources=resources
-                )
+                summary = finish(config, out, plan, outcome, timings=timings, started=started, resources=resources)
         finally:
             if started_ray:
                 driver.shutdown_ray()

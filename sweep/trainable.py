@@ -71,11 +71,9 @@ class TrialContext:
 def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
     """``config`` is ``{"tuner": name, "params": {...Optuna's sample...}, "fixed": {...config values...}}``
     (see ``MultiTunerSearch``): a fixed trial has no params, a sampled one no fixed values."""
-    import ray
     from ray import tune
 
     context = contexts[config["tuner"]]
-    tuner = get_tuner(context.tuner)
     weights = knobs_from_params(config.get("params", {}), context.weights, context.integer_knobs)
     key = trial_key(context.tuner, config.get("fixed", {}), weights)
     trial_id = tune.get_context().get_trial_id() or "local"
@@ -84,73 +82,26 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
         logger.info("trial %s (%s) finished before the sweep was interrupted; not run again", trial_id, key)
         tune.report({**mlflow_log.tune_result(context.tracking_uri, existing), "trial_key": key})
         return
-    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-    tags = {
-        **context.tags,
-        "ray.node_id": ray.get_runtime_context().get_node_id(),
-        "ray.node_ip": ray.util.get_node_ip_address(),
-        "host": socket.gethostname(),
-        "gpu_ids": ",".join(gpu_ids),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-    }
     run: TrialRun | None = None
-    stopped: list[int] = []  # the rung step where the scheduler stopped this trial
+    rung = _RungReport(context, weights, key)
     try:
-        values = {**context.values, **config.get("fixed", {}), **weights}
-        if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)}:
-            # "auto" means CUDA only where Ray gave this trial a GPU (Ray 2.60 hides none from the others).
-            values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, _cuda_available())
-        tuner_config = make_config(tuner.config_cls, values)
-        run = TrialRun(
-            tracking_uri=context.tracking_uri,
-            experiment_id=context.experiment_id,
-            parent_run_id=context.parent_run_id,
-            tuner=context.tuner,
-            trial_id=trial_id,
-            key=key,
-            suggestion=config,
-            params={k: list(v) if isinstance(v, tuple) else v for k, v in vars(tuner_config).items()},
-            searched=context.weights,
-            tags=tags,
-            existing=existing,
-        )
+        run, tuner_config = _open_run(context, config, key, trial_id, weights, existing)
         state = _restore(run)
         if state is not None:
             logger.info("trial %s resumes from its checkpoint (attempt %d)", trial_id, run.attempts)
-        checkpoint = Checkpointing(every=context.checkpoint_every, save=functools.partial(_save, run), state=state)
-
-        def report(replicate: int, step: int, metrics: Mapping[str, float]) -> None:
-            run.log_metrics({f"rep{replicate}/{k}": v for k, v in metrics.items()}, step)
-
-        def at_rung(step: int, partial: ReplicatedResult) -> bool:
-            """Tell the scheduler the replicates' means at this rung (it goes on, or ends the trial here)."""
-            run.log_metrics(
-                {mlflow_log.RUNG_PREFIX + m: partial.metrics[m] for m in context.objectives if m in partial.metrics},
-                step,
-            )
-            try:
-                tune.report({**_rung_result(partial, weights, run, key), "steps": step})
-            except SystemExit:
-                # Tune stops a function trial by raising SystemExit in its pending report: the scheduler's
-                # STOP. The driver records the stop in this run (RungStops): this worker may be torn down now.
-                # SystemExit must end the function (one that returns is waited on for a last report, and Tune
-                # cannot reuse its actor).
-                stopped.append(step)
-                raise
-            return True
-
+        rung.run = run
         result = run_replicates(
-            tuner,
+            get_tuner(context.tuner),
             tuner_config,
             context.replicates,
-            report=report,
-            checkpoint=checkpoint,
+            report=functools.partial(_log_step, run),
+            checkpoint=Checkpointing(every=context.checkpoint_every, save=functools.partial(_save, run), state=state),
             rungs=context.rungs,
-            at_rung=at_rung if context.rungs else None,
+            at_rung=rung if context.rungs else None,
         )
     except (KeyboardInterrupt, SystemExit) as err:
-        if stopped:
-            logger.info("trial %s stopped at its rung at step %d", trial_id, stopped[0])
+        if rung.stopped is not None:
+            logger.info("trial %s stopped at its rung at step %d", trial_id, rung.stopped)
         elif run is not None:
             # Tune stopping the trial (the sweep was interrupted): resumable, not a failure of the trial.
             run.fail(err, status="KILLED")
@@ -169,6 +120,83 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
             run.fail(err)
         tune.report(_failed(context, err, run, key))
         return
+    tune.report(_record_result(run, result, weights, key))
+
+
+def _open_run(
+    context: TrialContext,
+    config: dict[str, Any],
+    key: str,
+    trial_id: str,
+    weights: Mapping[str, float],
+    existing: Any,
+) -> tuple[TrialRun, Any]:
+    """The trial's tuner config (its device resolved from the GPUs Ray gave it) and its MLflow run (the one an
+    earlier attempt created, reopened, or a new one)."""
+    import ray
+
+    tuner = get_tuner(context.tuner)
+    gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    values = {**context.values, **config.get("fixed", {}), **weights}
+    if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)}:
+        # "auto" means CUDA only where Ray gave this trial a GPU (Ray 2.60 hides none from the others).
+        values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, _cuda_available())
+    tuner_config = make_config(tuner.config_cls, values)
+    tags = {
+        **context.tags,
+        "ray.node_id": ray.get_runtime_context().get_node_id(),
+        "ray.node_ip": ray.util.get_node_ip_address(),
+        "host": socket.gethostname(),
+        "gpu_ids": ",".join(gpu_ids),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
+    run = TrialRun(
+        tracking_uri=context.tracking_uri,
+        experiment_id=context.experiment_id,
+        parent_run_id=context.parent_run_id,
+        tuner=context.tuner,
+        trial_id=trial_id,
+        key=key,
+        suggestion=config,
+        params={k: list(v) if isinstance(v, tuple) else v for k, v in vars(tuner_config).items()},
+        searched=context.weights,
+        tags=tags,
+        existing=existing,
+    )
+    return run, tuner_config
+
+
+def _log_step(run: TrialRun, replicate: int, step: int, metrics: Mapping[str, float]) -> None:
+    run.log_metrics({f"rep{replicate}/{k}": v for k, v in metrics.items()}, step)
+
+
+class _RungReport:
+    """``at_rung`` of ``run_replicates``: tells the scheduler the replicates' means at a rung."""
+
+    def __init__(self, context: TrialContext, weights: Mapping[str, float], key: str) -> None:
+        self.context, self.weights, self.key = context, weights, key
+        self.run: TrialRun | None = None
+        self.stopped: int | None = None  # the rung step where the scheduler stopped this trial
+
+    def __call__(self, step: int, partial: ReplicatedResult) -> bool:
+        from ray import tune
+
+        assert self.run is not None
+        objectives = [m for m in self.context.objectives if m in partial.metrics]
+        self.run.log_metrics({mlflow_log.RUNG_PREFIX + m: partial.metrics[m] for m in objectives}, step)
+        try:
+            tune.report({**_rung_result(partial, self.weights, self.run, self.key), "steps": step})
+        except SystemExit:
+            # Tune stops a function trial by raising SystemExit in its pending report: the scheduler's STOP.
+            # The driver records the stop in this run (RungStops): this worker may be torn down now. SystemExit
+            # must end the function (one that returns is waited on for a last report; its actor is not reused).
+            self.stopped = step
+            raise
+        return True
+
+
+def _record_result(run: TrialRun, result: ReplicatedResult, weights: Mapping[str, float], key: str) -> dict[str, Any]:
+    """Close the trial's run with its result; returns what Tune is told (the search learns it)."""
     prompt = result.prompt
     told = {
         **result.metrics,
@@ -189,7 +217,7 @@ def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None
     )
     failpoints.hit("trial_finished")
     run.drop_checkpoints()
-    tune.report({**told, "trial_key": key, "steps": steps})
+    return {**told, "trial_key": key, "steps": steps}
 
 
 def _rung_result(partial: ReplicatedResult, weights: Mapping[str, float], run: TrialRun, key: str) -> dict[str, Any]:
