@@ -32,7 +32,7 @@ per objective (start: chance accuracy 0.5 and scrutability -9.5), with its own r
 log-uniform in ``ACC_RATES`` / ``SCRUT_RATES`` and independent of where it ends, plus the same noise at every
 report. A slow configuration looks worse early than it ends, so the early ranking only partly predicts the
 final one. How the correlation was chosen: the project's own runs say accuracy is the slow objective (PEZ on
-SST-2 needs about 200 of its steps to leave chance, issue 18) while the fluency term moves log-perplexity from
+SST-2 needs about 200 of its steps to leave chance: README, the SST-2 CPU check) while the fluency term moves log-perplexity from
 the first steps, and learning-curve benchmarks put the rank correlation of a 1/27-to-1/9 budget with the final
 one between about 0.3 and 0.8; the rates give Spearman about 0.45 (accuracy) and 0.75 (scrutability) at 4 %
 of the budget, 0.6 / 0.9 at 11 %, 0.7 / 0.95 at 33 % (printed for each preset, over 2,000 random
@@ -51,7 +51,7 @@ the full-budget trials finished by then (as the sweep's fronts are). Printed per
 started, full-budget trials, steps spent by the end (% of compute), hypervolume at the compute ± s.e., the
 paired difference to ``fifo+random``, the median steps (% of compute) at which an arm first reaches
 ``fifo+random``'s final hypervolume of the same seed (with how many seeds did so within 50 %), and the paired
-difference between the arm's hypervolume at 50 % of the compute and ``fifo+random``'s at 100 %: the issue's
+difference between the arm's hypervolume at 50 % of the compute and ``fifo+random``'s at 100 %: the target's
 target is that difference above 0 by more than 2 standard errors. It checks that every stopped trial is PRUNED
 and every full-budget one COMPLETE in its study.
 

@@ -1,4 +1,4 @@
-"""Sweep presets: the intent of each is fixed by the design doc; the sizes are ours to tune.
+"""Sweep presets: smoke (every code path in a minute), demo (a real LM on 2 CPU cores), paper (a GPU cluster).
 
 Each tuner's trials start from the tuner preset of the same name (``tuners/presets.py``) plus
 ``tuner_config``; Optuna searches the weights in ``search`` on a log scale, with 0 always reachable and
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 _WEIGHTS = {"lambda_ppl": [0.01, 10.0], "lambda_dist": [0.01, 10.0]}
-# The readability knobs of issue "readable prompts": the fluency weight and the fluent projection's / policy's
+# The readability knobs: the fluency weight and the fluent projection's / policy's
 # top-k next tokens (an integer knob, log scale; 0, reachable as "off", is plain PEZ / an unrestricted policy).
 _FLUENCY = {"lambda_ppl": [0.05, 5.0], "fluent_top_k": [8, 512]}
 

@@ -143,9 +143,6 @@ def knobs_from_params(
     return out
 
 
-weights_from_params = knobs_from_params  # the name before integer knobs existed
-
-
 def integer_knobs_of(config_cls: type, knobs: Iterable[str]) -> frozenset[str]:
     """The knobs whose field in ``config_cls`` (a tuner config dataclass) is typed ``int``."""
     hints = typing.get_type_hints(config_cls)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# --- columns of trials.parquet (DESIGN: "Every sweep writes into --out DIR") ------------------------------------
+# --- columns of trials.parquet (the output contract, README "Outputs") --------------------------------------------
 
 TUNER = "tuner"
 TRIAL_ID = "trial_id"

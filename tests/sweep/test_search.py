@@ -26,7 +26,6 @@ from sweep.search import (
     sampled_budget,
     sampler_plan,
     space_filling_start,
-    weights_from_params,
 )
 
 OBJECTIVES = ["task/acc_dev", "interp/log_ppl"]
@@ -112,7 +111,6 @@ def test_integer_knobs_stay_integers_and_reach_zero():
     # The space-filling start draws integers too.
     start = space_filling_start(ranges, {"fluent_top_k"}, 9, seed=0)
     assert all(type(p["fluent_top_k"]) is int for p in start if "fluent_top_k" in p)
-    assert weights_from_params is knobs_from_params  # the old name still works
 
     @dataclass
     class Config:
