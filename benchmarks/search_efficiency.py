@@ -30,13 +30,13 @@ one COMPLETE study trial (the zero trial included).
 fraction ``t`` of its steps a configuration measures ``start + (final - start) * (1 - e^(-r t)) / (1 - e^(-r))``
 per objective (start: chance accuracy 0.5 and scrutability -9.5), with its own rate ``r`` per objective,
 log-uniform in ``ACC_RATES`` / ``SCRUT_RATES`` and independent of where it ends, plus the same noise at every
-report. A slow configuration looks worse early than it ends, so the early ranking only partly predicts the
-final one. How the correlation was chosen: the project's own runs say accuracy is the slow objective (PEZ on
-SST-2 needs about 200 of its steps to leave chance: README, the SST-2 CPU check) while the fluency term moves log-perplexity from
-the first steps, and learning-curve benchmarks put the rank correlation of a 1/27-to-1/9 budget with the final
-one between about 0.3 and 0.8; the rates give Spearman about 0.45 (accuracy) and 0.75 (scrutability) at 4 %
-of the budget, 0.6 / 0.9 at 11 %, 0.7 / 0.95 at 33 % (printed for each preset, over 2,000 random
-configurations: a rung's noisy values against the final noisy values).
+report. A slow configuration looks worse early than it ends, so the early ranking only partly predicts the final
+one. How the correlation was chosen: the project's own runs say accuracy is the slow objective (PEZ on SST-2
+needs about 200 of its steps to leave chance, README's SST-2 check) while the fluency term moves log-perplexity
+from the first steps, and learning-curve benchmarks put the rank correlation of a 1/27-to-1/9 budget with the
+final one between about 0.3 and 0.8; the rates give Spearman about 0.45 (accuracy) and 0.75 (scrutability) at 4 %
+of the budget, 0.6 / 0.9 at 11 %, 0.7 / 0.95 at 33 % (printed for each preset, over 2,000 random configurations:
+a rung's noisy values against the final noisy values).
 
 Four arms per compute level: ``fifo`` or ``mo_asha`` (the real ``sweep.scheduler.MOASHA``) with ``random`` or
 the real TPE searcher. A compute level is a preset: its tuners, search spaces, step budgets
