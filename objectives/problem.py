@@ -11,6 +11,7 @@ replicates on different train/dev seeds share one test set, whose frozen pass th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from objectives.errors import ConfigError
+from objectives.memory import cache_budget
 from objectives.models import LanguageModel, load_lm
 from objectives.scoring import PREFIX_TAIL, TEMPLATES, PromptScorer, shared_scorer
 from objectives.tasks import Task, load_task, verbalizer_ids
@@ -65,6 +67,16 @@ class ProblemConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:N'"})
     use_cache: bool = field(default=True, metadata={"help": "reuse the frozen LM's keys/values of x (suffix only)"})
     eval_chunk: int = field(default=64, metadata={"help": "examples per forward pass in evaluation"})
+    cache_budget_mb: float | None = field(
+        default=None,
+        metadata={
+            "help": "memory one split's frozen input cache may take, in MB; over it the split streams (None: 512 on "
+            "the CPU, on CUDA a tenth of the trial's GPU share per split)"
+        },
+    )
+    gpu_share: float | None = field(
+        default=None, metadata={"help": "share of its GPU the trial may use (the sweep sets it from gpus_per_trial)"}
+    )
     select: str = field(
         default="dev_objective",
         metadata={"help": f"how the returned prompt is picked: {', '.join(SELECTIONS)} (see objectives/problem.py)"},
@@ -87,6 +99,10 @@ class ProblemConfig:
                 raise ConfigError(f"{name}={value} must be >= 1, or None for all examples")
         if self.eval_chunk < 1:
             raise ConfigError(f"eval_chunk={self.eval_chunk} must be >= 1")
+        if self.cache_budget_mb is not None and not self.cache_budget_mb >= 0:
+            raise ConfigError(f"cache_budget_mb={self.cache_budget_mb} must be >= 0 (0: no resident cache)")
+        if self.gpu_share is not None and not 0 < self.gpu_share <= 1:
+            raise ConfigError(f"gpu_share={self.gpu_share} must be in (0, 1], the share of one GPU")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed={self.seed} must be in [0, {MAX_SEED}] (2**32 - 1)")
 
@@ -113,6 +129,11 @@ class Problem:
     longest_input: tuple[int, str] = (0, "")
     max_positions: int | None = None
 
+    @functools.cached_property
+    def host_train_labels(self) -> torch.Tensor:
+        """The train labels on the host, read from the device once (not a sync every step on CUDA)."""
+        return self.labels["train"].cpu()
+
     def train_batch(self, size: int, generator: torch.Generator) -> torch.Tensor:
         """``size`` training rows drawn without replacement, classes as even as the split allows; all rows
         (in order) when ``size`` covers the split.
@@ -128,7 +149,7 @@ class Problem:
         if size >= n:
             return torch.arange(n, device=labels.device)
         perm = torch.randperm(n, generator=generator)
-        cls = labels.cpu()[perm]
+        cls = self.host_train_labels[perm]
         # The rank of each row among its class's rows in the permutation: round r holds every class's r-th row.
         rank = torch.zeros(n, dtype=torch.long)
         for c in cls.unique():
@@ -257,6 +278,7 @@ def _build(config: ProblemConfig) -> Problem:
             verbalizer_ids=ids,
             use_cache=config.use_cache,
             chunk_size=config.eval_chunk,
+            cache_budget_bytes=cache_budget(lm.device, gpu_share=config.gpu_share, budget_mb=config.cache_budget_mb),
         )
         for split in SPLITS
     }

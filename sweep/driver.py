@@ -301,19 +301,26 @@ def init_ray(config: SweepConfig, *, verbose: bool = True) -> bool:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    from objectives.models import DETERMINISTIC_ENV
+
     if ray.is_initialized():
         return False
     quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.WARNING}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
+        # On a cluster the trials run on other nodes: the determinism switch travels with the job.
+        extra = {DETERMINISTIC_ENV: os.environ[DETERMINISTIC_ENV]} if DETERMINISTIC_ENV in os.environ else {}
+        ray.init(**quiet, **({"runtime_env": {"env_vars": extra}} if extra else {}))
         return False
 
     # Embedded: workers get the project root on their path, so a plain checkout works without installing.
     pythonpath = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env_vars = {"PYTHONPATH": pythonpath}
+    if DETERMINISTIC_ENV in os.environ:
+        env_vars[DETERMINISTIC_ENV] = os.environ[DETERMINISTIC_ENV]
     ray.init(
         num_cpus=config.ray_num_cpus,
         include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+        runtime_env={"env_vars": env_vars},
         _node_ip_address="127.0.0.1",
         **quiet,
     )

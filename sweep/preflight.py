@@ -352,6 +352,37 @@ def check_problem(config: ProblemConfig, *, local: bool, gpus_per_trial: float) 
             select_device(config.device)
     elif config.device != "auto":
         select_device(config.device)
+    if gpus_per_trial > 0 and config.device != "cpu":
+        check_gpu_memory(config, task, tokenizer, gpus_per_trial, lm_config)
+
+
+def check_gpu_memory(config: ProblemConfig, task: Any, tokenizer: Any, gpus_per_trial: float, lm_config: Any) -> None:
+    """A trial's estimated GPU memory (``objectives.memory.estimate_trial_bytes``) fits its share of the card,
+    where this machine has the GPU the trials get (a local sweep, or a driver on a GPU node); elsewhere the
+    card's size is not known here and the trial's own out-of-memory error says it."""
+    import torch
+
+    from objectives.memory import estimate_trial_bytes
+
+    if not torch.cuda.is_available():
+        logger.info("preflight: no GPU on this machine, the trials' GPU memory is not checked here")
+        return
+    card = torch.cuda.get_device_properties(0).total_memory
+    share = min(gpus_per_trial, 1.0) * card
+    estimate = estimate_trial_bytes(
+        config,
+        texts={split: task.texts(split) for split in ("train", "dev", "test")},
+        gpu_share=gpus_per_trial,
+        card_bytes=card,
+        tokenizer=tokenizer,
+        model_configs={config.model: lm_config} if lm_config is not None else None,
+    )
+    if estimate.total > share:
+        raise ResourceError(
+            f"a trial of model={config.model!r} needs {estimate.describe()} of GPU memory, but gpus_per_trial="
+            f"{gpus_per_trial:g} of a {card / 2**30:.0f} GiB GPU gives it {share / 2**30:.1f} GiB; raise "
+            "gpus_per_trial (fewer trials share a GPU), or lower eval_chunk, batch_size or prompts_per_step"
+        )
 
 
 def _check_model_spec(spec: str) -> None:

@@ -14,8 +14,10 @@ dashboard and ``best_trials`` count it once, and TPE ranks the other trials agai
 param because a param's value must lie in its distribution, and a distribution that holds "all off" is one
 the sampler can draw again.
 
-**Duplicates.** A trial is deterministic for its configuration, so a configuration already measured (or in
-flight) is never run again. Should a sampler propose one (integer knobs make that possible), the probe is
+**Duplicates.** A trial's result is a function of its configuration: bitwise on the CPU (one torch version and
+thread count), up to float noise on a GPU (bitwise there only with ``PROMPTSWEEP_DETERMINISTIC=1``, see
+``objectives/models.py``). So a configuration already measured (or in flight) is never run again: a rerun would
+only re-measure that noise. Should a sampler propose one (integer knobs make that possible), the probe is
 finished as FAIL with user attrs ``duplicate_of`` (the study trial number, where known) and
 ``duplicate_of_tune_trial``: FAIL trials count nowhere (not in ``best_trials``, not in TPE's or NSGA-II's
 models), so nothing is counted twice; the sampler is asked again, up to ``MAX_REDRAWS`` times, and then a

@@ -38,6 +38,7 @@ from typing import Any
 from ray.tune import Callback
 
 from objectives.errors import DivergedError, UserError
+from objectives.memory import release_caches
 from sweep import failpoints, mlflow_log
 from sweep.devices import resolve_device
 from sweep.mlflow_log import TrialRun
@@ -45,7 +46,7 @@ from sweep.results.columns import PARAM_PREFIX, REPLICATE_PROMPTS
 from sweep.search import AT_RUNG, knobs_from_params, trial_key
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
-from tuners.replicates import ReplicatedResult, run_replicates
+from tuners.replicates import ReplicatedResult, replicate_configs, run_replicates
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class TrialContext:
     checkpoint_every: int = 50
     tags: Mapping[str, str] = field(default_factory=dict)  # the sweep's source tags (user, git commit)
     rungs: tuple[int, ...] = ()  # steps where the replicates meet and report to the scheduler (mo_asha)
+    gpus_per_trial: float = 0.0
 
 
 def run_trial(config: dict[str, Any], contexts: dict[str, TrialContext]) -> None:
@@ -137,11 +139,18 @@ def _open_run(
 
     tuner = get_tuner(context.tuner)
     gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+    if not gpu_ids:
+        # Given no GPU, the trial sees none (Ray 2.60 hides none from it), before anything touches CUDA.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     values = {**context.values, **config.get("fixed", {}), **weights}
     if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)}:
-        # "auto" means CUDA only where Ray gave this trial a GPU (Ray 2.60 hides none from the others).
-        values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, _cuda_available())
+        # "auto" means CUDA only where Ray gave this trial a GPU.
+        values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, bool(gpu_ids) and _cuda())
+        if values["device"].startswith("cuda") and context.gpus_per_trial > 0:
+            values["gpu_share"] = min(context.gpus_per_trial, 1.0)  # sizes the input caches to its share
     tuner_config = make_config(tuner.config_cls, values)
+    # A reused worker keeps the models and caches of its earlier trials: those this one does not need go.
+    release_caches(keep=replicate_configs(tuner_config, context.replicates))
     tags = {
         **context.tags,
         "ray.node_id": ray.get_runtime_context().get_node_id(),
@@ -255,7 +264,7 @@ class RungStops(Callback):
             logger.warning("could not record that trial %s stopped at step %s: %s", trial, result.get("steps"), err)
 
 
-def _cuda_available() -> bool:
+def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()

@@ -116,6 +116,7 @@ def _tuner(
             checkpoint_every=config.checkpoint_every,
             tags=plan.tags,
             rungs=rungs.get(tuner, ()),
+            gpus_per_trial=config.gpus_per_trial,
         )
         for tuner in config.runs()
     }
