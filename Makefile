@@ -5,7 +5,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --quiet --disable-pip-version-check
 
-.PHONY: setup test lint demo smoke clean
+# The tracking server's PostgreSQL driver and the packages of MLflow's basic-auth app (mlflow[auth]), pinned:
+# clusters/tracking.py and the tests that start it need them.
+TRACKING_PKGS := psycopg2-binary==2.9.13 Flask-WTF==1.2.2
+
+.PHONY: setup test lint demo smoke clean tracking tracking-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +19,15 @@ setup: $(BIN)/python
 	$(PIP) -c constraints.txt -e ".[dev]"
 	$(PIP) --no-deps -r requirements-assets.txt
 
-test: setup
+tracking-deps: setup
+	$(PIP) $(TRACKING_PKGS)
+
+# A local MLflow tracking server on PostgreSQL (installed with apt-get when missing, as root), authenticated, on
+# 127.0.0.1:5000; then `. runs/tracking/env` and any sweep logs to it. Stop: python clusters/tracking.py stop
+tracking: tracking-deps
+	$(BIN)/python clusters/tracking.py start --install
+
+test: setup tracking-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not cluster and not faults"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m cluster
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m faults
