@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,13 @@ ROLE = "promptsweep.role"
 SEARCHED = "promptsweep.searched"
 OBJECTIVES = "promptsweep.objectives"
 LABELS = "promptsweep.axis_labels"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# A sweep's experiment is a model-training one: the tag and value MLflow 3's UI uses for an experiment's kind (its
+# bundle's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT, what its kind selector sets). MLflow 3.17's UI still opens every
+# experiment on the GenAI "Overview" (traces, an assistant) unless its workflow switch is on "Model training", which
+# it keeps per browser: a link with ?workflowType=machine_learning (``experiment_url``) opens on the runs, the
+# sweep's parent and its trials (checked in headless chromium, tests/sweep/test_tracking.py).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 ATTEMPTS = "attempts"
 ERROR = "error"
 TUNE_RESULT = "tune_result.json"
@@ -64,7 +72,17 @@ def _client(tracking_uri: str) -> Any:
 
 
 def default_tracking_uri(out: Path) -> str:
-    return f"sqlite:///{out.resolve() / 'mlflow.db'}"
+    """Where a sweep without ``tracking_uri`` logs: the environment's ``MLFLOW_TRACKING_URI`` (a tracking server
+    set up once per shell or node, its credentials in ``MLFLOW_TRACKING_USERNAME``/``_PASSWORD`` beside it), else
+    a SQLite file in ``out``."""
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{out.resolve() / 'mlflow.db'}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The MLflow UI's page of an experiment on a tracking server, opening on its runs (None for a local store)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def start_parent(
@@ -80,13 +98,18 @@ def start_parent(
     """Create (or reuse) the experiment and start the sweep's parent run; returns their ids."""
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
+    kind = dict([EXPERIMENT_KIND])
     if found is not None:
         experiment_id = found.experiment_id
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before sweeps were tagged
+            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
     elif tracking_uri.startswith(("http://", "https://")):
         # A tracking server owns its artifact store; a local path would land on whichever node wrote it.
-        experiment_id = client.create_experiment(experiment)
+        experiment_id = client.create_experiment(experiment, tags=kind)
     else:
-        experiment_id = client.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+        experiment_id = client.create_experiment(
+            experiment, artifact_location=artifact_root.resolve().as_uri(), tags=kind
+        )
     run = client.create_run(
         experiment_id,
         run_name=f"{experiment}-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -242,7 +265,10 @@ def _drop_checkpoints(client: Any, run_id: str) -> None:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     try:
-        repository = get_artifact_repository(client.get_run(run_id).info.artifact_uri)
+        # A tracking server's artifact URI (mlflow-artifacts:/...) names no host: it is resolved against the
+        # tracking URI given here, else against the process's default, which a trial on a node never sets.
+        artifact_uri = client.get_run(run_id).info.artifact_uri
+        repository = get_artifact_repository(artifact_uri, tracking_uri=client.tracking_uri)
         repository.delete_artifacts(_CHECKPOINT_DIR)
     except Exception as err:  # the store may not support deletion; the result is kept either way
         logger.warning("could not delete the checkpoints of run %s: %s", run_id, err)
