@@ -121,7 +121,7 @@ class LoopbackCluster:
             *node_ports(),
         ]
         if dashboard:
-            args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}"]
+            args += ["--include-dashboard=true", f"--dashboard-host={ip}", f"--dashboard-port={dash}"]
             self.dashboard = f"http://{ip}:{dash}"
         else:
             args += ["--include-dashboard=false"]
