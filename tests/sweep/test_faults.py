@@ -217,8 +217,13 @@ def test_driver_killed_at_each_moment_that_matters_then_resumed(tmp_path, task_d
     out, log = tmp_path / "out", tmp_path / "driver.log"
     command = _command(out, task_dir, "--set", "replicates=2", "--set", "tuner_config.pez.steps=12")
     finished_before: dict[str, tuple[str, int]] = {}
-    for point in ("checkpoint_saved", "trial_finished", "tune_state@3", "resumed", "exports"):
-        code = _run(command, log, PROMPTSWEEP_FAILPOINT=point)
+    # Tune writes its state every 10 s or more (its own throttle): a rerun left with little work after two kills
+    # ended (on a fast machine) before the third write. Unthrottled, Tune writes at every pass of its loop (one
+    # at least every 0.1 s), so the 20th write comes about two seconds in, while trials run, on any machine.
+    unthrottled = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    for point in ("checkpoint_saved", "trial_finished", "tune_state@20", "resumed", "exports"):
+        env = unthrottled if point.startswith("tune_state") else {}
+        code = _run(command, log, PROMPTSWEEP_FAILPOINT=point, **env)
         assert code == -signal.SIGKILL, f"{point}: the failpoint did not fire (exit {code}): " + _tail(log)[-3000:]
         assert json.loads((out / "sweep.json").read_text())["status"] == "RUNNING"
         now = _finished_runs(out)
