@@ -42,7 +42,7 @@ from objectives.evaluation import log_ppl
 from objectives.metrics import accuracy, task_ce
 from objectives.models import LanguageModel
 from tuners import preset_config
-from tuners.base import parse_overrides
+from tuners.configs import parse_overrides
 from tuners.rlprompt import RLPrompt
 from tuners.rlprompt.policy import PolicyMLP, sample_top_k
 from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_rewards

@@ -200,7 +200,7 @@ class SweepConfig:
 
     def _check_shared_problem(self) -> None:
         from tuners import get_tuner
-        from tuners.base import make_config
+        from tuners.configs import make_config
 
         configs = {t: make_config(get_tuner(t).config_cls, self.trial_values(t)) for t in self.runs()}
         first, reference = next(iter(configs.items()))
@@ -339,7 +339,7 @@ def json_ready(value: Any) -> Any:
 def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mapping[str, Any]) -> SweepConfig:
     """Preset, then YAML file, then dotted overrides → a validated ``SweepConfig``."""
     from sweep.presets import PRESETS
-    from tuners.base import DuplicateKeyError, coerce, load_yaml
+    from tuners.configs import DuplicateKeyError, coerce, load_yaml
 
     if preset not in PRESETS:
         raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))
@@ -395,7 +395,7 @@ def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mappin
 
 def _bounds(key: str, bounds: Any) -> tuple[float, ...]:
     """A search range as numbers. YAML 1.1 reads ``1e-3`` (no dot) as text; a bound can only mean the number."""
-    from tuners.base import coerce
+    from tuners.configs import coerce
 
     if not isinstance(bounds, (list, tuple)):
         raise ConfigError(f"{key}={bounds!r} must be [low, high], two numbers")

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-    from tuners.base import parse_overrides
+    from tuners.configs import parse_overrides
 
     try:
         config = load_sweep_config(args.preset, config_file=args.config, overrides=parse_overrides(args.overrides))

@@ -22,7 +22,7 @@ from objectives.errors import UserError
 from objectives.problem import ConfigError
 from objectives.stats import CI95
 from tuners import PRESETS, available, get_tuner, preset_config
-from tuners.base import parse_overrides
+from tuners.configs import parse_overrides
 from tuners.replicates import run_replicates
 
 

@@ -21,7 +21,8 @@ import torch
 from objectives.evaluation import evaluate
 from objectives.metrics import accuracy, task_ce
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
-from tuners.base import Checkpointing, PromptResult, Reporter, config_dict, register
+from tuners.base import Checkpointing, PromptResult, Reporter, register
+from tuners.configs import config_dict
 
 BASELINES = ("no_prompt", "manual", "lm_sample")
 

@@ -54,7 +54,9 @@ from objectives.metrics import accuracy, faith_dist, task_ce, token_nll
 from objectives.models import start_token_id, to_device
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
 from objectives.scoring import prompt_logits
-from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict, register
+from tuners.base import Checkpointing, PromptResult, Reporter, register
+from tuners.configs import config_dict
+from tuners.selection import Selection
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from objectives.errors import did_you_mean
 from objectives.problem import ConfigError, ProblemConfig
-from tuners.base import get_tuner, make_config, unknown_message
+from tuners.base import get_tuner
+from tuners.configs import make_config
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Tiny random GPT-2 with the real GPT-2 tokenizer: seconds on 2 cores, every code path exercised.
@@ -94,7 +96,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 def preset_values(preset: str, tuner: str) -> dict[str, Any]:
     if preset not in PRESETS:
-        raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))
+        raise ConfigError(did_you_mean("preset", preset, sorted(PRESETS)))
     entry = PRESETS[preset]
     return {**entry.get("common", {}), **entry.get(tuner, {})}
 

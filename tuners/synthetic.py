@@ -23,7 +23,9 @@ from typing import Any
 
 from objectives.errors import DivergedError
 from objectives.problem import ConfigError, ProblemConfig
-from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict, register
+from tuners.base import Checkpointing, PromptResult, Reporter, register
+from tuners.configs import config_dict
+from tuners.selection import Selection
 
 # Words the synthetic prompts are made of: readable, so the exports and report show ordinary text.
 _WORDS = (

@@ -326,7 +326,7 @@ def test_bad_input_is_a_clear_error_before_ray(case: Case, task_dir, tmp_path, c
 def test_a_range_yaml_reads_as_text_is_accepted():
     """``[1e-3, 10]``: YAML 1.1 reads 1e-3 (no dot) as text; a search bound can only mean the number."""
     from sweep.config import load_sweep_config
-    from tuners.base import parse_overrides
+    from tuners.configs import parse_overrides
 
     overrides = parse_overrides(["search.pez.lambda_ppl=[1e-3, 10]", "search.pez.fluent_top_k=[8, 64]"])
     config = load_sweep_config("smoke", config_file=None, overrides=overrides)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tuners.__main__ import main
-from tuners.base import parse_overrides
+from tuners.configs import parse_overrides
 
 
 def _run(capsys, *args):

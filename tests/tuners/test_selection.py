@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from objectives.problem import ConfigError
-from tuners.base import Selection
+from tuners.selection import Selection
 
 # (step, dev acc, dev ce, dev objective): acc peaks early, the objective at step 3, the last is step 4.
 OFFERS = [(1, 0.75, 0.60, 2.0), (2, 0.75, 0.50, 1.5), (3, 0.50, 0.70, 1.0), (4, 0.625, 0.65, 1.2)]

@@ -39,10 +39,12 @@ from objectives.evaluation import evaluate, log_ppl
 from objectives.metrics import accuracy, task_ce, zscore
 from objectives.models import LanguageModel, load_lm, to_device
 from objectives.problem import ConfigError, build_problem
-from tuners.base import Checkpointing, PromptResult, Reporter, Selection, config_dict
+from tuners.base import Checkpointing, PromptResult, Reporter
+from tuners.configs import config_dict
 from tuners.rlprompt.config import RLPromptConfig
 from tuners.rlprompt.policy import PolicyMLP, PromptPolicy, Rollout, start_token_id
 from tuners.rlprompt.sql import polyak_update, shaped_rewards, sql_loss, task_rewards
+from tuners.selection import Selection
 
 logger = logging.getLogger(__name__)
 
