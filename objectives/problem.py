@@ -34,7 +34,7 @@ SPLITS = ("train", "dev", "test")
 #   ce + λ_ppl·log_ppl (+ λ_dist·faith_dist), RLPrompt's gap reward − λ_ppl·log_ppl. Smooth, and consistent
 #   with what the search asked for; it trades some dev accuracy for the interpretability the λ's buy.
 # - last: the final step's prompt. No selection at all (so no selection noise), at the mercy of the last step.
-# Test data never takes part in any of them.
+# Test data never takes part in any of them. Validated here, where the value enters; tuners/selection.py ranks by it.
 SELECTIONS = ("dev_acc", "dev_objective", "last")
 # Seeds reach torch generators, Python's random and (through the sweep's seed) numpy, whose seeds are unsigned
 # 32-bit; one range for all of them.

@@ -23,6 +23,7 @@ from objectives.metrics import accuracy, task_ce
 from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
 from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.configs import config_dict
+from tuners.selection import best_index, selection_key
 
 BASELINES = ("no_prompt", "manual", "lm_sample")
 
@@ -168,7 +169,9 @@ def _pick(problem: Problem, candidates: torch.Tensor) -> int:
     logits = torch.cat([problem.scorers[s].logits(prompts) for s in ("train", "dev")], dim=1)
     labels = torch.cat([problem.labels[s] for s in ("train", "dev")])
     acc, ce = accuracy(logits, labels).tolist(), task_ce(logits, labels).tolist()
-    return min(range(len(acc)), key=lambda i: (-acc[i], ce[i], i))
+    return best_index(
+        [selection_key("dev_acc", step=i, acc=a, ce=c) for i, (a, c) in enumerate(zip(acc, ce, strict=True))]
+    )
 
 
 for _tuner in (NoPrompt(), Manual(), LMSample()):

@@ -30,6 +30,7 @@ from objectives.problem import ConfigError, ProblemConfig
 from objectives.stats import aggregate
 from objectives.tasks import LMBFF_FILES
 from tuners.base import Checkpointing, PromptResult, Tuner
+from tuners.selection import best_index, selection_key
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class ReplicatedResult:
     """A configuration's replicates: each one's ``PromptResult`` and the aggregated metrics.
 
     ``representative`` is the replicate whose prompt stands for the configuration in tables and plots: the
-    best dev accuracy (ties: the lowest index); selection on dev, never on test.
+    best dev accuracy (ties: the lowest index; ``tuners.selection``); selection on dev, never on test.
     """
 
     tuner: str
@@ -190,11 +191,14 @@ def _combine(
 ) -> ReplicatedResult:
     done = [r for r in results if r is not None]
     assert len(done) == len(configs), "every replicate has a result at the end of each segment"
-    dev = [r.metrics.get("task/acc_dev", float("-inf")) for r in done]
+    # Dev accuracy alone (no cross-entropy tie-break): ties go to the lowest replicate index.
+    keys = [
+        selection_key("dev_acc", step=i, acc=r.metrics.get("task/acc_dev", float("-inf"))) for i, r in enumerate(done)
+    ]
     return ReplicatedResult(
         tuner=tuner.name,
         results=tuple(done),
         metrics=aggregate([r.metrics for r in done]),
-        representative=max(range(len(dev)), key=lambda i: (dev[i], -i)),
+        representative=best_index(keys),
         tasks=tuple(c.task for c in configs),
     )

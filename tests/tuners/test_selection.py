@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from objectives.problem import ConfigError
-from tuners.selection import Selection
+from tuners.selection import Selection, best_index, selection_key
 
 # (step, dev acc, dev ce, dev objective): acc peaks early, the objective at step 3, the last is step 4.
 OFFERS = [(1, 0.75, 0.60, 2.0), (2, 0.75, 0.50, 1.5), (3, 0.50, 0.70, 1.0), (4, 0.625, 0.65, 1.2)]
@@ -28,9 +28,35 @@ def test_ties_keep_the_earlier_candidate():
     assert selection.payload == "a"
 
 
-def test_unknown_rule_is_a_clear_error():
+def test_unknown_rule_is_a_clear_error_where_the_config_enters():
+    from tuners import preset_config
+
     with pytest.raises(ConfigError, match="select='best' is not one of"):
-        Selection("best")
+        preset_config("pez", "smoke", {"select": "best"})
+
+
+@pytest.mark.parametrize(
+    ("keys", "best"),
+    [([(0.5, -0.7), (0.5, -0.7)], 0), ([(0.5,), (0.75,), (0.75,)], 1), ([(1.0, -0.2), (1.0, -0.1), (0.5, 0.0)], 1)],
+)
+def test_the_first_greatest_key_wins(keys, best):
+    assert best_index(keys) == best
+
+
+@pytest.mark.parametrize("rule", ["dev_acc", "dev_objective", "last"])
+def test_offering_one_by_one_keeps_what_best_index_picks(rule):
+    selection = Selection(rule)
+    for step, acc, ce, objective in OFFERS:
+        selection.offer(step, acc=acc, ce=ce, objective=objective, payload=None)
+    keys = [selection_key(rule, step=step, acc=acc, ce=ce, objective=objective) for step, acc, ce, objective in OFFERS]
+    assert selection.step == OFFERS[best_index(keys)][0]
+
+
+def test_selection_keys():
+    assert selection_key("dev_acc", step=3, acc=0.5, ce=0.25) == (0.5, -0.25)
+    assert selection_key("dev_acc", step=3, acc=0.5) == (0.5,)
+    assert selection_key("dev_objective", step=3, acc=0.5, ce=0.25, objective=1.5) == (-1.5, 0.5)
+    assert selection_key("last", step=3, acc=0.5, ce=0.25, objective=1.5) == (3.0,)
 
 
 @pytest.mark.parametrize("tuner", ["pez", "rlprompt"])
