@@ -6,7 +6,8 @@ the loss at the projection ``P``, and applies that gradient to ``P̄``:
 
     loss = ce(P) + λ_ppl · log_ppl(P) + λ_dist · faith_dist(P̄)
 
-(the ``faith_dist`` term is a function of ``P̄`` itself, so its gradient is taken there). This is the
+(the ``faith_dist`` term is a function of ``P̄`` itself, so its gradient is taken there; :func:`objective` is
+this sum, the one the step differentiates, the finite check reads and ``dev/objective`` reports). This is the
 paper's algorithm: ``P̄`` is carried across steps. The original code's LM loop copies the prompt after the
 previous step's projection at the top of each iteration, which turns it into plain projected gradient
 descent; we follow the paper, not that copy. With ``fluency_form='convex'`` the loss is PEZ's own
@@ -43,6 +44,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
@@ -153,84 +155,110 @@ def _train_prompt(
 ) -> PromptResult:
     start = time.perf_counter()
     problem = build_problem(config)
-    lm = problem.lm
-    embeds = lm.embeddings
-    gen = torch.Generator().manual_seed(config.seed)
-    init_ids = initial_ids(problem, config, gen)
-    soft = embeds[init_ids].detach().clone().float().requires_grad_(True)  # P̄: (L, d_model)
-    optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
+    run = _Run.start(problem, config)
+    if checkpoint is not None and checkpoint.state is not None:
+        run.restore(checkpoint.state, problem.lm.device)
+        logger.info("%s resumes at step %d of %d", name, run.resumed_at, config.steps)
     # The fluent projection's candidates per prefix, for this run only: later steps mostly revisit prefixes.
     memo: CandidateMemo = {}
-    best = Selection(config.select)
-    history: list[tuple[int, dict[str, float]]] = []
-    done, elapsed = 0, 0.0
-    if checkpoint is not None and checkpoint.state is not None:
+    # A pause (``checkpoint.until``, a scheduler's rung) ends this call early; the state saved there continues.
+    last = checkpoint.last_step(config.steps) if checkpoint is not None else config.steps
+    for step in range(run.resumed_at + 1, last + 1):
+        loss = _train_step(problem, config, run, step, mode=mode, memo=memo)
+        if step % config.eval_every == 0 or step == config.steps or step == last:
+            metrics = _offer_candidate(problem, config, run.soft, mode, step, run.best, memo)
+            metrics.update({"train/ce": float(loss.ce), "train/log_ppl": float(loss.nll)})
+            run.history.append((step, metrics))
+            if report is not None:
+                report(step, metrics)
+        if checkpoint is not None and (checkpoint.due(step) or step == last) and step < config.steps:
+            checkpoint.save(run.state(step, start))
+
+    if memo:
+        # One LM pass per prefix met (and one per position of the first projection): what fluency cost this run.
+        logger.info("fluent projection: %d LM passes over %d steps", len(memo), config.steps)
+    return run.result(problem, config, name, steps=max(run.resumed_at, last), start=start)
+
+
+@dataclass
+class _Run:
+    """A PEZ or soft run between steps: what a checkpoint saves, and the run's result at its end."""
+
+    soft: torch.Tensor  # P̄: (L, d_model), the leaf the optimiser moves
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    best: Selection
+    history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
+    resumed_at: int = 0
+    elapsed_s: float = 0.0
+
+    @classmethod
+    def start(cls, problem: Problem, config: PEZConfig) -> _Run:
+        generator = torch.Generator().manual_seed(config.seed)
+        init_ids = initial_ids(problem, config, generator)
+        soft = problem.lm.embeddings[init_ids].detach().clone().float().requires_grad_(True)
+        optimizer = torch.optim.AdamW([soft], lr=config.lr, weight_decay=config.weight_decay)
+        return cls(soft, optimizer, generator, Selection(config.select))
+
+    def restore(self, saved: dict[str, Any], device: torch.device) -> None:
         # The sweep loads checkpoints onto the CPU (map_location="cpu"): every restored tensor (the prompt, the
         # kept candidate's ids and prompt) follows the model's device, or evaluate() would mix devices when no
         # later candidate replaces the restored one. The generator's state stays a CPU byte tensor (the
         # generator is a CPU one on every device), and the optimiser places its own state (its step counters
         # stay on the CPU, where reading them costs no device round trip).
-        state = to_device(checkpoint.state, lm.device, keep=frozenset({"generator", "optimizer"}))
+        state = to_device(saved, device, keep=frozenset({"generator", "optimizer"}))
         with torch.no_grad():
-            soft.copy_(state["soft"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        best = Selection.from_state(state["best"])
-        history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
-        done, elapsed = int(state["step"]), float(state["elapsed_s"])
-        logger.info("%s resumes at step %d of %d", name, done, config.steps)
+            self.soft.copy_(state["soft"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.best = Selection.from_state(state["best"])
+        self.history = [(int(step), dict(metrics)) for step, metrics in state["history"]]
+        self.resumed_at, self.elapsed_s = int(state["step"]), float(state["elapsed_s"])
 
-    # A pause (``checkpoint.until``, a scheduler's rung) ends this call early; the state saved there continues.
-    last = checkpoint.last_step(config.steps) if checkpoint is not None else config.steps
-    for step in range(done + 1, last + 1):
-        rows = problem.train_batch(config.batch_size, gen)
-        optimizer.zero_grad(set_to_none=True)
-        ce, nll = step_gradient(problem, config, soft, rows, mode=mode, memo=memo)
-        optimizer.step()
-        # PEZ's loss is taken at a vocabulary row and stays finite; what diverges first is P̄ itself. One flag
-        # read per step; the values only when one is not finite.
-        loss, norm = ce + config.lambda_ppl * nll, soft.detach().norm()
-        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
-            check_finite(step, loss=float(loss), prompt_norm=float(norm))
+    def state(self, step: int, start: float) -> dict[str, Any]:
+        return {
+            "step": step,
+            "soft": self.soft.detach().clone(),
+            # A copy: the state dict holds the optimiser's live tensors, which later steps change.
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "generator": self.generator.get_state(),
+            "best": self.best.state(),
+            "history": [[s, dict(m)] for s, m in self.history],
+            "elapsed_s": self.elapsed_s + time.perf_counter() - start,
+        }
 
-        if step % config.eval_every == 0 or step == config.steps or step == last:
-            metrics = _offer_candidate(problem, config, soft, mode, step, best, memo)
-            metrics.update({"train/ce": float(ce), "train/log_ppl": float(nll)})
-            history.append((step, metrics))
-            if report is not None:
-                report(step, metrics)
-        if checkpoint is not None and (checkpoint.due(step) or step == last) and step < config.steps:
-            checkpoint.save(
-                {
-                    "step": step,
-                    "soft": soft.detach().clone(),
-                    # A copy: the state dict holds the optimiser's live tensors, which later steps change.
-                    "optimizer": copy.deepcopy(optimizer.state_dict()),
-                    "generator": gen.get_state(),
-                    "best": best.state(),
-                    "history": [[s, dict(m)] for s, m in history],
-                    "elapsed_s": elapsed + time.perf_counter() - start,
-                }
-            )
+    def result(self, problem: Problem, config: PEZConfig, name: str, *, steps: int, start: float) -> PromptResult:
+        """The kept candidate, evaluated: the run's ``PromptResult``."""
+        assert self.best.payload is not None
+        ids, kept = self.best.payload
+        return PromptResult(
+            tuner=name,
+            prompt_text=problem.lm.tokenizer.decode(ids.tolist()),
+            prompt_ids=ids.tolist(),
+            metrics=evaluate(problem, ids, soft=kept),
+            steps=steps,
+            seed=config.seed,
+            wall_s=self.elapsed_s + time.perf_counter() - start,
+            config=config_dict(config),
+            soft_prompt=kept.cpu().tolist(),
+            history=self.history,
+        )
 
-    if memo:
-        # One LM pass per prefix met (and one per position of the first projection): what fluency cost this run.
-        logger.info("fluent projection: %d LM passes over %d steps", len(memo), config.steps)
-    assert best.payload is not None
-    ids, kept = best.payload
-    final = evaluate(problem, ids, soft=kept)
-    return PromptResult(
-        tuner=name,
-        prompt_text=lm.tokenizer.decode(ids.tolist()),
-        prompt_ids=ids.tolist(),
-        metrics=final,
-        steps=max(done, last),
-        seed=config.seed,
-        wall_s=elapsed + time.perf_counter() - start,
-        config=config_dict(config),
-        soft_prompt=kept.cpu().tolist(),
-        history=history,
-    )
+
+def _train_step(
+    problem: Problem, config: PEZConfig, run: _Run, step: int, *, mode: str, memo: CandidateMemo
+) -> StepLoss:
+    """One optimiser step on a fresh batch; stops the run (``DivergedError``) when its loss or ``P̄`` is not finite."""
+    rows = problem.train_batch(config.batch_size, run.generator)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss = step_gradient(problem, config, run.soft, rows, mode=mode, memo=memo)
+    run.optimizer.step()
+    # PEZ's loss is taken at a vocabulary row and stays finite; what diverges first is P̄ itself. One flag
+    # read per step; the values only when one is not finite.
+    norm = run.soft.detach().norm()
+    if not bool(torch.isfinite(loss.loss) & torch.isfinite(norm)):
+        check_finite(step, loss=float(loss.loss), prompt_norm=float(norm))
+    return loss
 
 
 def initial_ids(problem: Problem, config: PEZConfig, generator: torch.Generator) -> torch.Tensor:
@@ -264,6 +292,14 @@ def project(problem: Problem, config: PEZConfig, soft: torch.Tensor, memo: Candi
     return fluent_projection(problem.lm, soft.detach(), config.fluent_top_k, start_id=None, memo=memo)
 
 
+class StepLoss(NamedTuple):
+    """One step's :func:`objective` and its two terms, detached 0-d tensors on the model's device."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    nll: torch.Tensor
+
+
 def step_gradient(
     problem: Problem,
     config: PEZConfig,
@@ -272,9 +308,9 @@ def step_gradient(
     *,
     mode: str,
     memo: CandidateMemo | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accumulate one step's gradient of the loss into ``soft.grad``; returns the batch's (ce, log_ppl) as
-    detached 0-d tensors on the model's device (numbers only where someone reads them).
+) -> StepLoss:
+    """Accumulate one step's gradient of :func:`objective` into ``soft.grad``; returns the step's loss and
+    terms (numbers only where someone reads them).
 
     ``soft`` is the continuous prompt ``P̄`` ``(L, d_model)``, ``rows`` the training examples ``(B,)``, ``memo``
     the run's fluent candidates (see :func:`project`).
@@ -288,21 +324,48 @@ def step_gradient(
         at = embeds[ids].detach().clone().float().requires_grad_(True)
         ce = task_ce(problem.scorers["train"].logits(at, rows), labels)
         nll = _nll(problem, at, ids, grad=config.lambda_ppl > 0)
-        (grad,) = torch.autograd.grad(_combine(config, ce, nll), at)
-        if config.lambda_dist > 0:
-            (config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)).backward()
-        soft.grad = grad if soft.grad is None else soft.grad + grad
+        loss = objective(config, problem, ce, nll, soft)
+        at_grad, soft_grad = torch.autograd.grad(loss, (at, soft), allow_unused=True)
+        # The faith_dist term's gradient (taken at P̄ itself) first, then the one handed over from P.
+        for grad in (soft_grad, at_grad):
+            if grad is not None:
+                soft.grad = grad if soft.grad is None else soft.grad + grad
     else:
         # Soft prompt tuning: the task loss at P̄; the fluency term at the projection, passed straight
         # through to P̄ (its value is the projection's, its gradient lands on P̄ unchanged).
         through = soft + (embeds[ids].float() - soft).detach()
         ce = task_ce(problem.scorers["train"].logits(soft, rows), labels)
         nll = _nll(problem, through, ids, grad=config.lambda_ppl > 0)
-        loss = _combine(config, ce, nll)
-        if config.lambda_dist > 0:
-            loss = loss + config.lambda_dist * faith_dist(soft, embeds, metric=config.dist_metric)
+        loss = objective(config, problem, ce, nll, soft)
         loss.backward()
-    return ce.detach(), nll.detach()
+    return StepLoss(loss.detach(), ce.detach(), nll.detach())
+
+
+def objective(
+    config: PEZConfig, problem: Problem, ce: torch.Tensor, nll: torch.Tensor, soft: torch.Tensor
+) -> torch.Tensor:
+    """The loss PEZ and soft minimise, a 0-d tensor: the one place its terms are weighted.
+
+        loss = ce + λ_ppl·nll + λ_dist·faith_dist(P̄)    (convex form: (1 − λ_ppl)·ce + λ_ppl·nll + λ_dist·faith_dist(P̄))
+
+    ``ce`` is the task cross-entropy and ``nll`` the projection's ``interp/log_ppl`` (each taken where the mode
+    takes it), ``soft`` the continuous prompt ``P̄`` ``(L, d_model)``. A training step differentiates it and
+    checks that it is finite; ``dev/objective`` is :func:`objective_value` of the same terms on dev.
+    """
+    loss = _weighted_fit(config, ce, nll)
+    dist = _dist(config, problem, soft)
+    return loss if dist is None else loss + config.lambda_dist * dist
+
+
+def objective_value(
+    config: PEZConfig, problem: Problem, ce: torch.Tensor, nll: torch.Tensor, soft: torch.Tensor
+) -> float:
+    """:func:`objective` as a number, for ``dev/objective``: the same terms and weights, with the faith_dist term
+    weighted and added in double precision (as ``dev/objective`` has always been summed, so its values and the
+    ``dev_objective`` selections they drive stay as they were)."""
+    value = float(_weighted_fit(config, ce, nll))
+    dist = _dist(config, problem, soft.detach())
+    return value if dist is None else value + config.lambda_dist * float(dist)
 
 
 def _nll(problem: Problem, prompt: torch.Tensor, ids: torch.Tensor, *, grad: bool) -> torch.Tensor:
@@ -311,12 +374,20 @@ def _nll(problem: Problem, prompt: torch.Tensor, ids: torch.Tensor, *, grad: boo
         return token_nll(prompt_logits(problem.lm, prompt[None]), ids[None])[0]
 
 
-def _combine(config: PEZConfig, ce: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+def _weighted_fit(config: PEZConfig, ce: torch.Tensor, nll: torch.Tensor) -> torch.Tensor:
+    """The objective's ce and log_ppl part; ``ce`` itself when ``λ_ppl = 0`` in the additive form."""
     if config.fluency_form == "convex":
         return (1 - config.lambda_ppl) * ce + config.lambda_ppl * nll
     if config.lambda_ppl == 0:
         return ce
     return ce + config.lambda_ppl * nll
+
+
+def _dist(config: PEZConfig, problem: Problem, soft: torch.Tensor) -> torch.Tensor | None:
+    """``faith_dist(P̄)``, unweighted; None when its weight is 0 (no graph, no cost)."""
+    if config.lambda_dist == 0:
+        return None
+    return faith_dist(soft, problem.lm.embeddings, metric=config.dist_metric)
 
 
 @torch.no_grad()
@@ -331,8 +402,8 @@ def _offer_candidate(
 ) -> dict[str, float]:
     """Score the current prompt on dev and offer it to the run's ``Selection`` (``config.select``).
 
-    PEZ is judged on its discrete prompt, the soft baseline on its soft prompt (what each optimises). The
-    dev objective is the training loss on dev: ``ce + λ_ppl·log_ppl`` (or the convex form) ``+ λ_dist·faith_dist``.
+    PEZ is judged on its discrete prompt, the soft tuner on its soft prompt (what each optimises). The dev
+    objective is the training loss on dev (:func:`objective_value`).
     """
     embeds = problem.lm.embeddings
     ids = project(problem, config, soft, memo)
@@ -342,11 +413,9 @@ def _offer_candidate(
     acc = float(accuracy(logits, labels))
     ce = task_ce(logits, labels)
     nll = log_ppl(problem, ids[None])[0] if config.lambda_ppl > 0 else torch.zeros(())
-    objective = float(_combine(config, ce, nll))
-    if config.lambda_dist > 0:
-        objective += config.lambda_dist * float(faith_dist(soft.detach(), embeds, metric=config.dist_metric))
-    best.offer(step, acc=acc, ce=float(ce), objective=objective, payload=(ids.clone(), soft.detach().clone()))
-    return {"dev/acc": acc, "dev/ce": float(ce), "dev/objective": objective, "dev/selected_step": float(best.step)}
+    value = objective_value(config, problem, ce, nll, soft)
+    best.offer(step, acc=acc, ce=float(ce), objective=value, payload=(ids.clone(), soft.detach().clone()))
+    return {"dev/acc": acc, "dev/ce": float(ce), "dev/objective": value, "dev/selected_step": float(best.step)}
 
 
 class PEZ:
