@@ -464,7 +464,7 @@ def rank_correlations(
 
 def multi_fidelity(args: argparse.Namespace) -> None:
     """The multi-fidelity section: every arm of ``ARMS`` at each compute level, paired by seed."""
-    from sweep.presets import PRESETS
+    from sweep.presets import SWEEP_PRESETS
     from sweep.scheduler import rung_steps
 
     eta, n_rungs = float(args.eta), int(args.rungs)
@@ -476,7 +476,7 @@ def multi_fidelity(args: argparse.Namespace) -> None:
     verdicts = []
     for level in args.levels.split(","):
         name, _, trials = level.partition(":")
-        preset = PRESETS[name]
+        preset = SWEEP_PRESETS[name]
         tuners = list(preset["tuners"])
         fifo_trials = int(trials or preset["num_samples"])
         steps = {t: tuner_steps(preset, t) for t in tuners}
@@ -547,7 +547,7 @@ def _se(x: np.ndarray) -> float:
 
 def single_fidelity(args: argparse.Namespace) -> None:
     from sweep.config import SweepConfig
-    from sweep.presets import PRESETS
+    from sweep.presets import SWEEP_PRESETS
     from sweep.search import sampled_budget, sampler_plan
 
     default_sampler = next(f.default for f in dataclasses.fields(SweepConfig) if f.name == "sampler")
@@ -561,7 +561,7 @@ def single_fidelity(args: argparse.Namespace) -> None:
     print("-" * len(header))
     verdicts = []
     for preset_name in args.presets.split(","):
-        preset = PRESETS[preset_name]
+        preset = SWEEP_PRESETS[preset_name]
         if args.fluent_top_k and "rlprompt" in preset["tuners"]:
             low, high = (int(v) for v in args.fluent_top_k.split(","))
             preset = {**preset, "search": {**preset["search"]}}

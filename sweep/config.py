@@ -338,12 +338,12 @@ def json_ready(value: Any) -> Any:
 
 def load_sweep_config(preset: str, *, config_file: str | None, overrides: Mapping[str, Any]) -> SweepConfig:
     """Preset, then YAML file, then dotted overrides → a validated ``SweepConfig``."""
-    from sweep.presets import PRESETS
+    from sweep.presets import SWEEP_PRESETS
     from tuners.configs import DuplicateKeyError, coerce, load_yaml
 
-    if preset not in PRESETS:
-        raise ConfigError(unknown_message("preset", preset, sorted(PRESETS)))
-    values = copy.deepcopy(PRESETS[preset])
+    if preset not in SWEEP_PRESETS:
+        raise ConfigError(unknown_message("preset", preset, sorted(SWEEP_PRESETS)))
+    values = copy.deepcopy(SWEEP_PRESETS[preset])
     if config_file:
         path = Path(config_file)
         if path.is_dir():

@@ -14,7 +14,7 @@ _WEIGHTS = {"lambda_ppl": [0.01, 10.0], "lambda_dist": [0.01, 10.0]}
 # top-k next tokens (an integer knob, log scale; 0, reachable as "off", is plain PEZ / an unrestricted policy).
 _FLUENCY = {"lambda_ppl": [0.05, 5.0], "fluent_top_k": [8, 512]}
 
-PRESETS: dict[str, dict[str, Any]] = {
+SWEEP_PRESETS: dict[str, dict[str, Any]] = {
     # Tiny random GPT-2, every code path (Ray, Optuna multi-objective, MLflow, exports) in about a minute.
     "smoke": {
         "name": "smoke",

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from objectives.errors import UserError
 from objectives.problem import ConfigError
 from objectives.stats import CI95
-from tuners import PRESETS, available, get_tuner, preset_config
+from tuners import TUNER_PRESETS, available, get_tuner, preset_config
 from tuners.configs import parse_overrides
 from tuners.replicates import run_replicates
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one tuner once")
     run.add_argument("name", help=f"tuner: {', '.join(available())}")
-    run.add_argument("--preset", default="smoke", help=f"one of {', '.join(PRESETS)} (default smoke)")
+    run.add_argument("--preset", default="smoke", help=f"one of {', '.join(TUNER_PRESETS)} (default smoke)")
     run.add_argument(
         "--set",
         dest="overrides",
@@ -121,7 +121,7 @@ def _fail(err: UserError) -> int:
 
 
 def _list() -> None:
-    print("presets:", ", ".join(PRESETS))
+    print("presets:", ", ".join(TUNER_PRESETS))
     for name in available():
         tuner = get_tuner(name)
         print(f"\n{name} ({tuner.config_cls.__name__})")

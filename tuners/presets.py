@@ -14,7 +14,7 @@ from objectives.problem import ConfigError, ProblemConfig
 from tuners.base import get_tuner
 from tuners.configs import make_config
 
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+TUNER_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # Tiny random GPT-2 with the real GPT-2 tokenizer: seconds on 2 cores, every code path exercised.
     "smoke": {
         "common": {
@@ -95,9 +95,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def preset_values(preset: str, tuner: str) -> dict[str, Any]:
-    if preset not in PRESETS:
-        raise ConfigError(did_you_mean("preset", preset, sorted(PRESETS)))
-    entry = PRESETS[preset]
+    if preset not in TUNER_PRESETS:
+        raise ConfigError(did_you_mean("preset", preset, sorted(TUNER_PRESETS)))
+    entry = TUNER_PRESETS[preset]
     return {**entry.get("common", {}), **entry.get(tuner, {})}
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-# The sweep presets (sweep.presets.PRESETS is the registry; it is also checked when importable).
+# The sweep presets (sweep.presets.SWEEP_PRESETS is the registry; it is also checked when importable).
 PRESET_NAMES = ("smoke", "demo", "paper")
 # The --set keys a cluster recipe may pass to sweep/run.py.
 KNOWN_SWEEP_KEYS = {"tracking_uri", "name", "num_samples", "max_concurrent", "gpus_per_trial", "cpus_per_trial", "out"}
@@ -309,10 +309,10 @@ def _parse_run_args(args: tuple[str, ...]) -> dict[str, list[str]]:
 
 def _registered_presets() -> set[str] | None:
     try:
-        from sweep.presets import PRESETS
+        from sweep.presets import SWEEP_PRESETS
     except ImportError:
         return None
-    return set(PRESETS)
+    return set(SWEEP_PRESETS)
 
 
 def _sweep_config_fields() -> set[str] | None:
@@ -349,7 +349,9 @@ def test_entry_point_uses_a_known_preset(entry):
     assert preset in PRESET_NAMES, f"{entry.where}: preset {preset!r} is not one of {PRESET_NAMES}"
     registered = _registered_presets()
     if registered is not None:
-        assert preset in registered, f"{entry.where}: {preset!r} is not in sweep.presets.PRESETS {sorted(registered)}"
+        assert preset in registered, (
+            f"{entry.where}: {preset!r} is not in sweep.presets.SWEEP_PRESETS {sorted(registered)}"
+        )
     for config in options.get("--config", []):
         assert (ROOT / config).is_file(), f"{entry.where}: --config {config} does not exist"
 

@@ -244,9 +244,9 @@ def test_the_light_baseline_names_match_the_tuners():
 
 
 def test_smoke_is_the_demos_twin_with_rlprompt_and_the_fluency_knobs():
-    from sweep.presets import PRESETS
+    from sweep.presets import SWEEP_PRESETS
 
-    demo, smoke = PRESETS["demo"], PRESETS["smoke"]
+    demo, smoke = SWEEP_PRESETS["demo"], SWEEP_PRESETS["smoke"]
     assert "rlprompt" in demo["tuners"] and set(demo["tuners"]) <= set(smoke["tuners"])
     for tuner in demo["tuners"]:
         assert {"lambda_ppl", "fluent_top_k"} <= set(demo["search"][tuner]) <= set(smoke["search"][tuner])

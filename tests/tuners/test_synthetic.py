@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.presets import PRESETS as SWEEP_PRESETS
+from sweep.presets import SWEEP_PRESETS
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
 from tuners.synthetic import SyntheticConfig
