@@ -18,8 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from objectives.errors import UserError
-from objectives.problem import ConfigError
+from objectives.errors import ConfigError, UserError
 from objectives.stats import CI95
 from tuners import TUNER_PRESETS, available, get_tuner, preset_config
 from tuners.configs import parse_overrides

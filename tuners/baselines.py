@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from objectives.errors import ConfigError
 from objectives.evaluation import evaluate
 from objectives.metrics import accuracy, task_ce
-from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
+from objectives.problem import Problem, ProblemConfig, build_problem
 from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.configs import config_dict
 from tuners.selection import best_index, selection_key

@@ -48,13 +48,13 @@ from typing import Any, NamedTuple
 
 import torch
 
-from objectives.errors import check_finite
+from objectives.errors import ConfigError, check_finite
 from objectives.evaluation import evaluate, log_ppl
 from objectives.fluent import CandidateMemo, fluent_projection, sample_prompts
 from objectives.memory import out_of_memory_fails_the_trial
 from objectives.metrics import accuracy, faith_dist, task_ce, token_nll
 from objectives.models import start_token_id, to_device
-from objectives.problem import ConfigError, Problem, ProblemConfig, build_problem
+from objectives.problem import Problem, ProblemConfig, build_problem
 from objectives.scoring import prompt_logits
 from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.configs import config_dict

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from objectives.errors import did_you_mean
-from objectives.problem import ConfigError, ProblemConfig
+from objectives.errors import ConfigError, did_you_mean
+from objectives.problem import ProblemConfig
 from tuners.base import get_tuner
 from tuners.configs import make_config
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from objectives.problem import ConfigError, ProblemConfig
+from objectives.errors import ConfigError
+from objectives.problem import ProblemConfig
 from objectives.stats import aggregate
 from objectives.tasks import LMBFF_FILES
 from tuners.base import Checkpointing, PromptResult, Tuner

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from objectives.errors import DivergedError
-from objectives.problem import ConfigError, ProblemConfig
+from objectives.errors import ConfigError, DivergedError
+from objectives.problem import ProblemConfig
 from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.configs import config_dict
 from tuners.selection import Selection

@@ -50,7 +50,8 @@ def test_the_same_generator_state_gives_the_same_batches():
 
 
 def test_seeds_are_unsigned_32_bit():
-    from objectives.problem import ConfigError, ProblemConfig
+    from objectives.errors import ConfigError
+    from objectives.problem import ProblemConfig
 
     for seed in (-1, 2**32):
         with pytest.raises(ConfigError, match=rf"seed={seed} must be in \[0, 4294967295\]"):
@@ -59,7 +60,8 @@ def test_seeds_are_unsigned_32_bit():
 
 
 def test_the_prompt_must_fit_beside_the_longest_input():
-    from objectives.problem import ConfigError, check_prompt_fits
+    from objectives.errors import ConfigError
+    from objectives.problem import check_prompt_fits
 
     check_prompt_fits(6, (250, "a review"), 256, model="m", task="t")  # exactly full
     check_prompt_fits(10**6, (10, "x"), None, model="m", task="t")  # positions unknown: nothing to check
@@ -85,7 +87,8 @@ def test_longest_input_as_the_template_lays_it_out(task_dir):
 def test_a_model_folder_needs_its_weights(tmp_path):
     from transformers import GPT2Config
 
-    from objectives.problem import ConfigError, check_model_folder
+    from objectives.errors import ConfigError
+    from objectives.problem import check_model_folder
 
     check_model_folder("tiny-gpt2")  # not a folder: the loader's business
     with pytest.raises(ConfigError, match="has no config.json"):

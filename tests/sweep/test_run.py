@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from objectives.problem import ConfigError
+from objectives.errors import ConfigError
 from sweep.config import load_sweep_config
 
 TUNERS = ("pez", "soft", "rlprompt")

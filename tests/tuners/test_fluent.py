@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from objectives.errors import ConfigError
 from objectives.fluent import fluent_projection, fluent_projections, next_token_ranks, sample_prompts
 from objectives.metrics import nearest_tokens
 from objectives.models import LanguageModel, start_token_id
-from objectives.problem import ConfigError, build_problem
+from objectives.problem import build_problem
 from tuners import get_tuner, preset_config
 from tuners.pez import initial_ids, project
 

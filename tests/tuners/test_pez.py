@@ -82,7 +82,7 @@ def test_distance_term_is_taken_at_the_soft_prompt(setup):
 
 
 def test_convex_fluency_form_needs_a_weight_in_unit_interval(task_dir):
-    from objectives.problem import ConfigError
+    from objectives.errors import ConfigError
 
     with pytest.raises(ConfigError, match="lambda_ppl=2.0 must be in \\[0, 1\\]"):
         preset_config("pez", "smoke", {"task": str(task_dir), "fluency_form": "convex", "lambda_ppl": 2})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from objectives.problem import ConfigError
+from objectives.errors import ConfigError
 from tests.conftest import NEGATIVE, POSITIVE, write_tsv
 from tuners import get_tuner, preset_config
 from tuners.base import Checkpointing

@@ -11,9 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from objectives.errors import DivergedError
+from objectives.errors import ConfigError, DivergedError
 from objectives.metrics import token_nll, zscore
-from objectives.problem import ConfigError
 from objectives.scoring import prompt_logits
 from tuners import get_tuner, preset_config
 from tuners.base import Checkpointing

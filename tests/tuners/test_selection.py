@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from objectives.problem import ConfigError
+from objectives.errors import ConfigError
 from tuners.selection import Selection, best_index, selection_key
 
 # (step, dev acc, dev ce, dev objective): acc peaks early, the objective at step 3, the last is step 4.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from objectives.problem import ConfigError, ProblemConfig
+from objectives.errors import ConfigError
+from objectives.problem import ProblemConfig
 
 
 @dataclass(frozen=True, kw_only=True)

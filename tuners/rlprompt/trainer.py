@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 
-from objectives.errors import check_finite
+from objectives.errors import ConfigError, check_finite
 from objectives.evaluation import evaluate, log_ppl
 from objectives.metrics import accuracy, task_ce, zscore
 from objectives.models import LanguageModel, load_lm, to_device
-from objectives.problem import ConfigError, build_problem
+from objectives.problem import build_problem
 from tuners.base import Checkpointing, PromptResult, Reporter
 from tuners.configs import config_dict
 from tuners.rlprompt.config import RLPromptConfig
