@@ -38,15 +38,17 @@ def split_scores(problem: Problem, split: str, prompt: torch.Tensor) -> tuple[to
 
 @torch.no_grad()
 def empty_prompt_accuracy(problem: Problem, split: str) -> float:
-    """Accuracy with no prompt at all on ``split``: the baseline every tuned prompt is compared with."""
+    """Accuracy with no prompt at all on ``split``: the least a tuned prompt must reach to be worth anything."""
     return float(accuracy(problem.scorers[split].empty_prompt_logits(), problem.labels[split]))
 
 
-def baseline(problem: Problem) -> dict[str, float]:
-    """``baseline/acc_{dev,test}``: accuracy with no prompt, computed once per problem (per process)."""
-    if not problem.baseline:
-        problem.baseline.update({f"baseline/acc_{s}": empty_prompt_accuracy(problem, s) for s in ("dev", "test")})
-    return dict(problem.baseline)
+def _no_prompt_metrics(problem: Problem) -> dict[str, float]:
+    """The metrics ``baseline/acc_{dev,test}``: accuracy with no prompt, computed once per problem (per process)."""
+    if not problem.no_prompt_metrics:
+        problem.no_prompt_metrics.update(
+            {f"baseline/acc_{s}": empty_prompt_accuracy(problem, s) for s in ("dev", "test")}
+        )
+    return dict(problem.no_prompt_metrics)
 
 
 @torch.no_grad()
@@ -77,7 +79,7 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
 
     ``task/ce`` is the dev cross-entropy of the discrete prompt (dev is the split prompts are selected on).
     Without a soft prompt the faithfulness metrics are 0: a prompt that is discrete from the start is its
-    own readable form. An empty ``prompt_ids`` scores the input alone (the no-prompt baseline).
+    own readable form. An empty ``prompt_ids`` scores the input alone (the ``no_prompt`` baseline).
     ``baseline/acc_{dev,test}`` (no prompt at all) come with every result, so that a reader of any table can
     see whether a prompt beats having none. Both prompts are taken to the LM's device first (a prompt restored
     from a checkpoint arrives on the CPU); every tuner restores its state onto its model's device as well.
@@ -94,7 +96,7 @@ def evaluate(problem: Problem, prompt_ids: torch.Tensor, soft: torch.Tensor | No
         metrics[f"task/acc_{split}"] = float(acc[0])
     metrics["task/ce"] = float(scores["dev"][1][0])
     metrics.update(readability(problem, prompt_ids))
-    metrics.update(baseline(problem))
+    metrics.update(_no_prompt_metrics(problem))
     if soft is None:
         metrics.update({"faith/dist": 0.0, "faith/output": 0.0, "faith/perf": 0.0, "faith/perf_ce": 0.0})
     else:

@@ -122,8 +122,8 @@ class Problem:
     verbalizer_ids: list[int]
     scorers: dict[str, PromptScorer]
     labels: dict[str, torch.Tensor]
-    # Accuracies with no prompt, filled on first use by ``objectives.evaluation.baseline``.
-    baseline: dict[str, float] = field(default_factory=dict)
+    # Accuracies with no prompt (the ``baseline/acc_*`` metrics), filled on first use by ``objectives.evaluation``.
+    no_prompt_metrics: dict[str, float] = field(default_factory=dict)
     # The longest input of any split in tokens, as the template lays it out, and the positions the LM has
     # (None: unknown): a prompt must fit beside it (``check_prompt_fits``).
     longest_input: tuple[int, str] = (0, "")

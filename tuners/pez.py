@@ -25,7 +25,7 @@ Initialisation (``init``): ``random`` vocabulary tokens from the seed (the origi
 ``init_text``, exactly ``prompt_len`` of them) or ``lm`` (a prompt sampled from the task LM, within its
 top-``fluent_top_k`` when that is set).
 
-The shared loop also runs the ``soft`` baseline (``tuners/soft.py``), whose loss is taken at ``P̄``.
+The shared loop also runs the ``soft`` tuner (``tuners/soft.py``), whose loss is taken at ``P̄``.
 
 Determinism: on the CPU a run is bitwise reproducible for its configuration (its seed draws the init and the
 batches; same torch and thread count), and a run resumed from a checkpoint ends where the uninterrupted one
@@ -133,7 +133,7 @@ def train_prompt(
     report: Reporter | None = None,
     checkpoint: Checkpointing | None = None,
 ) -> PromptResult:
-    """The loop PEZ and the soft baseline share. ``mode`` is ``pez`` (loss at the projection) or ``soft``.
+    """The loop PEZ and the soft tuner share. ``mode`` is ``pez`` (loss at the projection) or ``soft``.
 
     With ``checkpoint``, the whole state (continuous prompt, optimiser, RNG, selection, history, step) is
     saved every ``checkpoint.every`` steps, and a run given a saved state continues to the result an

@@ -1,4 +1,5 @@
-"""Plain soft prompt tuning (Lester et al. 2021): the baseline whose projection shows where faithfulness fails.
+"""Plain soft prompt tuning (Lester et al. 2021): the continuous prompt whose projection shows where faithfulness
+fails.
 
 It optimises the continuous prompt ``P̄`` directly, with the same optional interpretability terms as PEZ,
 and is evaluated both as ``P̄`` (``task/acc_*_soft``) and as its nearest-token projection ``P``

@@ -52,7 +52,7 @@ def test_gradient_is_taken_at_the_projection(setup):
     assert not torch.allclose(soft.grad, at_soft, atol=1e-6)
 
 
-def test_soft_baseline_takes_its_gradient_at_the_soft_prompt(setup):
+def test_soft_tuner_takes_its_gradient_at_the_soft_prompt(setup):
     config, problem = setup()
     soft = _off_vocabulary_prompt(problem)
     rows = torch.arange(len(problem.labels["train"]))
