@@ -22,33 +22,11 @@ from objectives.errors import ConfigError, UserError
 from objectives.stats import CI95
 from tuners import TUNER_PRESETS, available, get_tuner, preset_config
 from tuners.configs import parse_overrides
-from tuners.replicates import run_replicates
+from tuners.replicates import ReplicatedResult, run_replicates
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuners", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one tuner once")
-    run.add_argument("name", help=f"tuner: {', '.join(available())}")
-    run.add_argument("--preset", default="smoke", help=f"one of {', '.join(TUNER_PRESETS)} (default smoke)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field (value read as YAML); repeatable",
-    )
-    run.add_argument("--json", dest="json_path", help="write the PromptResult here as JSON")
-    run.add_argument(
-        "--replicates",
-        type=int,
-        default=1,
-        help="run the sweep's replicate plan (data seeds x init seeds) and report means with 95%% intervals",
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    sub.add_parser("list", help="list tuners, presets and their config fields")
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     if args.command == "list":
@@ -79,27 +57,58 @@ def main(argv: list[str] | None = None) -> int:
         bar.close()
         return _fail(err)
     bar.close()
-    if args.replicates == 1:
+    _print_result(result, args.json_path)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m tuners", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one tuner once")
+    run.add_argument("name", help=f"tuner: {', '.join(available())}")
+    run.add_argument("--preset", default="smoke", help=f"one of {', '.join(TUNER_PRESETS)} (default smoke)")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (value read as YAML); repeatable",
+    )
+    run.add_argument("--json", dest="json_path", help="write the PromptResult here as JSON")
+    run.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        help="run the sweep's replicate plan (data seeds x init seeds) and report means with 95%% intervals",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.add_parser("list", help="list tuners, presets and their config fields")
+    return parser
+
+
+def _print_result(result: ReplicatedResult, json_path: str | None) -> None:
+    """One replicate: its prompt and metrics; several: each one's prompt, then the means with their intervals."""
+    if len(result.results) == 1:
         single = result.prompt
         print(f"prompt: {single.prompt_text!r}  ids={single.prompt_ids}")
         for key, value in sorted(single.metrics.items()):
             print(f"  {key:<24} {value:.4f}")
         print(f"steps={single.steps} seed={single.seed} wall={single.wall_s:.1f}s")
-        if args.json_path:
-            single.write_json(args.json_path)
+        if json_path:
+            single.write_json(json_path)
     else:
         for index, (task, replicate) in enumerate(zip(result.tasks, result.results, strict=True)):
             print(f"replicate {index} ({task}, seed {replicate.seed}): {replicate.prompt_text!r}")
-        print(f"mean ± 95% interval over {args.replicates} replicates:")
+        print(f"mean ± 95% interval over {len(result.results)} replicates:")
         for key in sorted(k for k in result.metrics if "." not in k):
             print(f"  {key:<24} {result.metrics[key]:.4f} ± {result.metrics[key + CI95]:.4f}")
         print(f"wall={result.wall_s:.1f}s")
-        if args.json_path:
-            Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
-    if args.json_path:
-        print(f"wrote {args.json_path}")
-    return 0
+        if json_path:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    if json_path:
+        print(f"wrote {json_path}")
 
 
 def _check_writable(path: str) -> None:

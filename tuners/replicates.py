@@ -30,7 +30,7 @@ from objectives.errors import ConfigError
 from objectives.problem import ProblemConfig
 from objectives.stats import aggregate
 from objectives.tasks import LMBFF_FILES
-from tuners.base import Checkpointing, PromptResult, Tuner
+from tuners.base import Checkpointing, PromptResult, Reporter, Tuner
 from tuners.selection import best_index, selection_key
 
 logger = logging.getLogger(__name__)
@@ -148,17 +148,9 @@ def run_replicates(
     trains = getattr(tuner, "trains", True)
     steps = int(getattr(config, "steps", 0))
     ends = [int(s) for s in sorted(set(rungs)) if trains and 0 < s < steps] + [steps]
-    saved = (checkpoint.state if checkpoint is not None else None) or {}
-    states: list[dict[str, Any] | None] = list(saved.get("states") or [None] * len(configs))
-    results: list[PromptResult | None] = [
-        PromptResult.from_json(r) if r is not None else None for r in saved.get("results") or [None] * len(configs)
-    ]
-
-    def persist(index: int, state: dict[str, Any] | None) -> None:
-        states[index] = state
-        if checkpoint is not None:
-            checkpoint.save({"states": list(states), "results": [r.to_json() if r else None for r in results]})
-
+    progress = _Progress.resume(checkpoint, len(configs))
+    results = progress.results
+    every = checkpoint.every if checkpoint is not None else max(1, steps)
     for end in ends:
         for index, replicate in enumerate(configs):
             if results[index] is not None and (results[index].steps >= end or not trains):  # type: ignore[union-attr]
@@ -172,19 +164,51 @@ def run_replicates(
                 replicate.task,
                 replicate.seed,
             )
-            callback = None if report is None else (lambda step, metrics, i=index: report(i, step, metrics))
             inner = Checkpointing(
-                every=checkpoint.every if checkpoint is not None else max(1, steps),
-                save=lambda tuner_state, i=index: persist(i, tuner_state),
-                state=states[index],
+                every=every,
+                save=lambda tuner_state, i=index: progress.persist(i, tuner_state),
+                state=progress.states[index],
                 until=end if end < steps else None,
             )
-            results[index] = tuner.run(replicate, report=callback, checkpoint=inner if trains else None)
+            results[index] = tuner.run(
+                replicate, report=_for_replicate(report, index), checkpoint=inner if trains else None
+            )
             if trains:
-                persist(index, states[index] if end < steps else None)
+                progress.persist(index, progress.states[index] if end < steps else None)
         if end < steps and at_rung is not None and not at_rung(end, _combine(tuner, results, configs)):
             break
     return _combine(tuner, results, configs)
+
+
+@dataclass
+class _Progress:
+    """Each replicate's tuner state, and its result at the last segment end it reached: what a trial saves."""
+
+    states: list[dict[str, Any] | None]
+    results: list[PromptResult | None]
+    checkpoint: Checkpointing | None
+
+    @classmethod
+    def resume(cls, checkpoint: Checkpointing | None, replicates: int) -> _Progress:
+        """Where an earlier attempt left off (``checkpoint.state``), or the start."""
+        saved = (checkpoint.state if checkpoint is not None else None) or {}
+        results = [
+            PromptResult.from_json(r) if r is not None else None for r in saved.get("results") or [None] * replicates
+        ]
+        return cls(list(saved.get("states") or [None] * replicates), results, checkpoint)
+
+    def persist(self, index: int, state: dict[str, Any] | None) -> None:
+        self.states[index] = state
+        if self.checkpoint is not None:
+            results = [r.to_json() if r else None for r in self.results]
+            self.checkpoint.save({"states": list(self.states), "results": results})
+
+
+def _for_replicate(report: ReplicateReporter | None, index: int) -> Reporter | None:
+    """The tuner's ``report(step, metrics)`` for replicate ``index``: ``report(index, step, metrics)``."""
+    if report is None:
+        return None
+    return lambda step, metrics: report(index, step, metrics)
 
 
 def _combine(

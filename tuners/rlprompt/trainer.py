@@ -161,19 +161,34 @@ class RLPrompt:
         if not report:
             return None
         assert first_loss is not None
+        return self._step_metrics(rollout, raw, gap, acc, nll, reward=mean_reward, loss=first_loss)
+
+    def _step_metrics(
+        self,
+        rollout: Rollout,
+        raw: torch.Tensor,
+        gap: torch.Tensor,
+        acc: torch.Tensor,
+        nll: torch.Tensor | None,
+        *,
+        reward: torch.Tensor,
+        loss: torch.Tensor,
+    ) -> dict[str, torch.Tensor | float]:
+        """A step's metrics, tensors left on the device: from its samples' rewards ``(P,)`` (``reward`` their
+        mean) and the first update's loss."""
         metrics: dict[str, torch.Tensor | float] = {
-            "train/reward": mean_reward,
+            "train/reward": reward,
             "train/reward_max": raw.max(),
             "train/gap_reward": gap.mean(),
             "train/acc": acc.mean(),
-            "train/loss": first_loss,
+            "train/loss": loss,
             # Share of distinct prompts among the step's samples: near 1/P the policy has collapsed onto one
             # prompt, z-scored rewards are all 0 and learning stops.
             "train/distinct": len(torch.unique(rollout.ids, dim=0)) / len(rollout.ids),
         }
         if nll is not None:
             metrics["train/log_ppl"] = nll.mean()
-        if config.include_greedy:
+        if self.config.include_greedy:
             # The greedy prompt's reward against the samples' (z-score units): > 0 when the policy's own choice
             # beats what it samples.
             metrics["train/greedy_z"] = zscore(raw)[0]
