@@ -81,6 +81,16 @@ def test_distance_term_is_taken_at_the_soft_prompt(setup):
     torch.testing.assert_close(soft.grad, expected, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["pez", "soft"])
+def test_the_step_loss_is_the_whole_objective(setup, mode):
+    """What the finite check reads is the loss the step differentiates: the convex form and λ_dist included."""
+    config, problem = setup(lambda_ppl=0.25, fluency_form="convex", lambda_dist=2.0)
+    soft = _off_vocabulary_prompt(problem)
+    loss = step_gradient(problem, config, soft, torch.arange(len(problem.labels["train"])), mode=mode)
+    dist = faith_dist(soft.detach(), problem.lm.embeddings)
+    torch.testing.assert_close(loss.loss, 0.75 * loss.ce + 0.25 * loss.nll + 2.0 * dist)
+
+
 def test_convex_fluency_form_needs_a_weight_in_unit_interval(task_dir):
     from objectives.errors import ConfigError
 
