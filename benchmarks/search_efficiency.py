@@ -135,7 +135,8 @@ def run_arm(preset: Mapping[str, Any], sampler: str, seed: int) -> Arm:
     import optuna
 
     from sweep.results.pareto import hypervolume_2d
-    from sweep.search import MultiTunerSearch, integer_knobs_of, knobs_from_params, make_searcher, sampled_budget
+    from sweep.search import MultiTunerSearch, make_searcher, sampled_budget
+    from sweep.space import integer_knobs_of, knobs_from_params
     from tuners import get_tuner
 
     tuners = list(preset["tuners"])
@@ -327,7 +328,8 @@ def run_mf_arm(
 
     from sweep.results.pareto import hypervolume_2d
     from sweep.scheduler import MOASHA
-    from sweep.search import MultiTunerSearch, integer_knobs_of, knobs_from_params, make_searcher, sampled_budget
+    from sweep.search import MultiTunerSearch, make_searcher, sampled_budget
+    from sweep.space import integer_knobs_of, knobs_from_params
     from tuners import get_tuner
 
     tuners = list(preset["tuners"])
@@ -413,19 +415,10 @@ def run_mf_arm(
 
 
 def _tell_stopped(multi: Any, trial_id: str, result: dict[str, Any]) -> None:
-    """Tell the searcher a trial was stopped at a rung: PRUNED in its study, never COMPLETE.
+    """Tell the searcher a trial was stopped at a rung: PRUNED in its study, never COMPLETE."""
+    from sweep.results.columns import STOPPED_AT
 
-    ``sweep.search`` tells PRUNED for a result carrying ``stopped_at_step`` once it defines ``STOPPED_AT``; before
-    that, a result of None without an error is what ``OptunaSearch`` tells as PRUNED (the configuration then
-    counts as unmeasured and could be drawn again). ``run_mf_arm``'s callers check the study counts either way.
-    """
-    import sweep.search as search
-
-    key = getattr(search, "STOPPED_AT", None)
-    if key is not None:
-        multi.on_trial_complete(trial_id, result={**result, key: result["steps"]})
-    else:
-        multi.on_trial_complete(trial_id, result=None)
+    multi.on_trial_complete(trial_id, result={**result, STOPPED_AT: result["steps"]})
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -440,7 +433,7 @@ def rank_correlations(
     (noisy) and the final observed values, over ``n`` configurations drawn at random from the tuner's space."""
     import random
 
-    from sweep.search import integer_knobs_of, knobs_from_params, random_params
+    from sweep.space import integer_knobs_of, knobs_from_params, random_params
     from tuners import get_tuner
 
     ranges = dict(preset["search"][tuner])
@@ -548,7 +541,8 @@ def _se(x: np.ndarray) -> float:
 def single_fidelity(args: argparse.Namespace) -> None:
     from sweep.config import SweepConfig
     from sweep.presets import SWEEP_PRESETS
-    from sweep.search import sampled_budget, sampler_plan
+    from sweep.search import sampled_budget
+    from sweep.space import sampler_plan
 
     default_sampler = next(f.default for f in dataclasses.fields(SweepConfig) if f.name == "sampler")
 

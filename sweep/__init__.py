@@ -7,8 +7,10 @@ Where things live:
   ``supervise.py`` the parent process that records the end when Ray takes the driver down;
 - ``config.py`` / ``presets.py``: the ``SweepConfig`` fields and the smoke, demo and paper sweeps;
   ``preflight.py``: what the driver checks before any cluster starts;
-- ``search.py``: the Optuna side (spaces, samplers, ``MultiTunerSearch``); ``scheduler.py``: MO-ASHA early
-  stopping; ``ledger.py``: what a resumed sweep already holds, from MLflow and the studies;
+- ``space.py``: the search space over the knobs, a configuration's key, samplers sized to their budget;
+  ``search.py``: the Tune searcher over one Optuna study per tuner; ``scheduler.py``: MO-ASHA early
+  stopping (its ranking of a rung in ``results/pareto.py``); ``ledger.py``: what a resumed sweep already
+  holds, from MLflow and the studies;
 - ``trainable.py``: one trial in a Ray worker; ``devices.py``: which device it runs on;
   ``mlflow_log.py``: every read and write of MLflow; ``failpoints.py``: where fault tests kill a sweep;
 - ``results/``: fronts, comparisons with baselines, the figure, the tables and the report page

@@ -28,16 +28,9 @@ from typing import Any
 from optuna.trial import TrialState
 
 from sweep import mlflow_log
-from sweep.search import (
-    FIXED_ATTR,
-    STOPPED_AT,
-    ZERO,
-    Resumed,
-    TunerSearch,
-    Unfinished,
-    knobs_from_params,
-    trial_key,
-)
+from sweep.results.columns import STOPPED_AT
+from sweep.search import Resumed, TunerSearch, Unfinished
+from sweep.space import FIXED_ATTR, ZERO, knobs_from_params, trial_key
 
 logger = logging.getLogger(__name__)
 

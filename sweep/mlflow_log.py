@@ -41,7 +41,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 ATTEMPTS = "attempts"
 ERROR = "error"
 TUNE_RESULT = "tune_result.json"
-# A trial's configuration: its stable key (``sweep.search.trial_key``), Optuna's params and a fixed trial's
+# A trial's configuration: its stable key (``sweep.space.trial_key``), Optuna's params and a fixed trial's
 # values, so a resumed sweep knows what each run measured without Tune's state.
 TRIAL_KEY = "promptsweep.trial_key"
 TRIAL_PARAMS = "promptsweep.params"

@@ -22,7 +22,7 @@ promotion-based variant was not built, so the two were not measured against each
 included), ``n_keep = floor(n / η)`` are admitted (:func:`n_admitted`). Values are signed to maximisation
 per objective (``modes``); the trials are ranked by non-dominated sorting (front 0 first); whole fronts are
 admitted while they fit, and in the first front that does not fit the trials adding least hypervolume are
-dropped one at a time (:func:`select_top`). The new trial continues if it is admitted.
+dropped one at a time (``sweep.results.pareto.select_top``). The new trial continues if it is admitted.
 
 - *Fewer than η recorded* (``n < η``): the trial continues. The top ``1/η`` of fewer than ``η`` trials is
   less than one trial, so a strict reading would stop every trial that is not first at a rung, on a
@@ -118,6 +118,7 @@ import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from sweep import failpoints
+from sweep.results.pareto import select_top, signed
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -126,10 +127,9 @@ logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 _DECISIONS = (TrialScheduler.CONTINUE, TrialScheduler.STOP)
-_TIE_RTOL = 1e-12  # contributions closer than this (relative to the front's hypervolume) are equal
 
 
-# ----- the math (pure numpy; every function past ``signed`` works on maximisation) -------------------------
+# ----- the rungs (pure numpy; the Pareto math is in sweep/results/pareto.py) ---------------------------------
 
 
 def rung_steps(grace_steps: int, reduction_factor: float, max_steps: int) -> list[int]:
@@ -149,128 +149,6 @@ def rung_steps(grace_steps: int, reduction_factor: float, max_steps: int) -> lis
             rungs.append(step)
         k += 1
     return rungs
-
-
-def signed(values: np.ndarray, modes: Sequence[str]) -> np.ndarray:
-    """``values`` ``(n, k)`` with every ``"min"`` column negated, so that larger is better everywhere."""
-    matrix = np.asarray(values, dtype=np.float64).reshape(-1, len(modes))
-    bad = [m for m in modes if m not in ("max", "min")]
-    if bad:
-        raise ValueError(f"modes {list(modes)}: each must be 'max' or 'min', got {bad}")
-    return matrix * np.array([1.0 if m == "max" else -1.0 for m in modes])
-
-
-def nondominated_ranks(points: np.ndarray) -> np.ndarray:
-    """Front index ``(n,)`` of each row of ``points`` ``(n, k)`` (maximisation): 0 for the non-dominated rows,
-    1 for those non-dominated once front 0 is removed, and so on. Equal rows do not dominate each other."""
-    points = np.asarray(points, dtype=np.float64)
-    n = points.shape[0]
-    at_least = (points[None, :, :] >= points[:, None, :]).all(axis=-1)  # [i, j]: j >= i everywhere
-    better = (points[None, :, :] > points[:, None, :]).any(axis=-1)  # [i, j]: j > i somewhere
-    dominated_by = at_least & better  # [i, j]: j dominates i
-    # Peel fronts by counting dominators (Deb et al.'s fast non-dominated sort): O(n^2) in all.
-    count = dominated_by.sum(axis=1)
-    ranks = np.full(n, -1, dtype=np.int64)
-    current = count == 0
-    front = 0
-    while current.any():
-        ranks[current] = front
-        count = count - dominated_by[:, current].sum(axis=1)
-        current = (count == 0) & (ranks < 0)
-        front += 1
-    return ranks
-
-
-def hypervolume(points: np.ndarray, reference: Sequence[float]) -> float:
-    """Volume dominated by ``points`` ``(n, k)`` (maximisation) above ``reference`` ``(k,)``, exactly.
-
-    Only points strictly better than ``reference`` in every coordinate count. Slices along the last objective
-    and recurses (``O(n^(k-1) log n)``): meant for the few trials of one rung, with 2 or 3 objectives.
-    """
-    points = np.asarray(points, dtype=np.float64)
-    ref = np.asarray(reference, dtype=np.float64)
-    points = points[(points > ref).all(axis=1)]
-    if points.shape[0] == 0:
-        return 0.0
-    if points.shape[1] == 1:
-        return float(points[:, 0].max() - ref[0])
-    if points.shape[1] == 2:
-        # Sweep from the largest x: each point adds the strip of height it gains over the points to its right.
-        area, top = 0.0, ref[1]
-        for x, y in points[np.lexsort((-points[:, 1], -points[:, 0]))]:
-            if y > top:
-                area += (x - ref[0]) * (y - top)
-                top = y
-        return float(area)
-    # Slices between consecutive values of the last coordinate, highest first: slice i is covered by the
-    # projections of the points whose last coordinate reaches it.
-    order = np.argsort(-points[:, -1], kind="stable")
-    levels = np.append(points[order, -1], ref[-1])
-    volume = 0.0
-    for i in range(len(order)):
-        height = levels[i] - levels[i + 1]
-        if height > 0:
-            volume += height * hypervolume(points[order[: i + 1], :-1], ref[:-1])
-    return float(volume)
-
-
-def hv_contributions(points: np.ndarray, reference: Sequence[float]) -> np.ndarray:
-    """Exclusive hypervolume of each row ``(n,)``: what the set loses without it (0 for a dominated row)."""
-    points = np.asarray(points, dtype=np.float64)
-    total = hypervolume(points, reference)
-    mask = np.ones(points.shape[0], dtype=bool)
-    out = np.zeros(points.shape[0])
-    for i in range(points.shape[0]):
-        mask[i] = False
-        out[i] = total - hypervolume(points[mask], reference)
-        mask[i] = True
-    return out
-
-
-def nadir_reference(points: np.ndarray) -> np.ndarray:
-    """``(k,)``: each column's minimum less 10 % of its range (``1e-9 * max(1, |min|)`` for a zero range), the
-    rule of ``sweep.results.pareto.reference_point``, so every point, the ends of the front too, adds volume."""
-    points = np.asarray(points, dtype=np.float64)
-    low, high = points.min(axis=0), points.max(axis=0)
-    span = high - low
-    return np.where(span > 0, low - 0.1 * span, low - 1e-9 * np.maximum(1.0, np.abs(low)))
-
-
-def select_top(points: np.ndarray, n_keep: int, reference: Sequence[float] | None = None) -> np.ndarray:
-    """Bool ``(n,)``: the ``n_keep`` best rows of ``points`` ``(n, k)`` (maximisation).
-
-    Whole non-dominated fronts are taken while they fit; in the first front that does not, the row whose
-    removal loses least hypervolume (within that front, against ``reference``, default :func:`nadir_reference`
-    of all rows) is dropped, then the next, until the front fits. Equal contributions drop the later row, so
-    earlier rows (trials recorded first) win exact ties.
-    """
-    points = np.asarray(points, dtype=np.float64)
-    n = points.shape[0]
-    keep = np.zeros(n, dtype=bool)
-    if n_keep <= 0 or n == 0:
-        return keep
-    if n_keep >= n:
-        return ~keep
-    ref = nadir_reference(points) if reference is None else np.asarray(reference, dtype=np.float64)
-    ranks = nondominated_ranks(points)
-    for front in range(int(ranks.max()) + 1):
-        members = list(np.flatnonzero(ranks == front))
-        room = n_keep - int(keep.sum())
-        if len(members) <= room:
-            keep[members] = True
-            if len(members) == room:
-                break
-            continue
-        while len(members) > room:
-            contrib = hv_contributions(points[members], ref)
-            scale = max(hypervolume(points[members], ref), 1e-300)
-            least = contrib.min()
-            # Among the (numerically) least contributors drop the one recorded last.
-            tied = [m for m, c in zip(members, contrib, strict=True) if c - least <= _TIE_RTOL * scale]
-            members.remove(max(tied))
-        keep[members] = True
-        break
-    return keep
 
 
 def n_admitted(n: int, reduction_factor: float) -> int:

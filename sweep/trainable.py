@@ -5,7 +5,7 @@ The tuner knows nothing of Ray or MLflow; its ``report`` callback is adapted her
 child run (per-step metrics under ``rep<i>/``) and its ``Checkpointing`` to checkpoints kept in that run
 (``TrialRun.save_checkpoint``), not Tune's: Tune's experiment state is saved every few seconds and not
 atomically, and a checkpoint it still names may already be deleted when the driver dies. A configuration
-is named by its trial key (``sweep.search.trial_key``), the same in every attempt and resumed sweep. Tune is
+is named by its trial key (``sweep.space.trial_key``), the same in every attempt and resumed sweep. Tune is
 told once, at the end, with the replicate means (and their spreads): Optuna only learns a trial's last
 result, so that result must carry the final objectives.
 
@@ -43,7 +43,8 @@ from sweep import failpoints, mlflow_log
 from sweep.devices import resolve_device
 from sweep.mlflow_log import TrialRun
 from sweep.results.columns import PARAM_PREFIX, REPLICATE_PROMPTS
-from sweep.search import AT_RUNG, knobs_from_params, trial_key
+from sweep.search import AT_RUNG
+from sweep.space import knobs_from_params, trial_key
 from tuners import get_tuner, make_config
 from tuners.base import Checkpointing
 from tuners.replicates import ReplicatedResult, replicate_configs, run_replicates

@@ -40,7 +40,7 @@ def run_trials(config: SweepConfig, out: Path, plan: Plan, outcome: Outcome, *, 
 
 def knobs_of(config: SweepConfig) -> tuple[dict[str, tuple[str, ...]], dict[str, frozenset[str]]]:
     """Per tuner of the sweep: the knobs it searches, and which of them are integers."""
-    from sweep.search import integer_knobs_of
+    from sweep.space import integer_knobs_of
     from tuners import get_tuner
 
     knobs = {tuner: tuple(config.search.get(tuner, {})) for tuner in config.runs()}
@@ -154,7 +154,7 @@ def make_scheduler(config: SweepConfig, out: Path) -> Any:
     if not plan:
         return None
     from sweep.scheduler import MOASHA
-    from sweep.search import directions
+    from sweep.space import directions
 
     return MOASHA(
         objectives=config.objectives,

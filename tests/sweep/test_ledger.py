@@ -9,7 +9,9 @@ import optuna
 from optuna.trial import TrialState
 
 from sweep import ledger, mlflow_log
-from sweep.search import STOPPED_AT, MultiTunerSearch, knobs_from_params, make_searcher, sampled_budget, trial_key
+from sweep.results.columns import STOPPED_AT
+from sweep.search import MultiTunerSearch, make_searcher, sampled_budget
+from sweep.space import knobs_from_params, trial_key
 
 OBJECTIVES = ["task/acc_dev", "interp/log_ppl"]
 PPL_DIST = {"lambda_ppl": [0.01, 10.0], "lambda_dist": [0.1, 1.0]}

@@ -16,18 +16,15 @@ import numpy as np
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from sweep.results.pareto import hypervolume_2d
-from sweep.scheduler import (
-    MOASHA,
+from sweep.results.pareto import (
     hv_contributions,
     hypervolume,
-    n_admitted,
+    hypervolume_2d,
     nadir_reference,
     nondominated_ranks,
-    rung_decision,
-    rung_steps,
     select_top,
 )
+from sweep.scheduler import MOASHA, n_admitted, rung_decision, rung_steps
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 OBJ = ("task/acc_dev", "interp/scrutability")  # both maximised

@@ -12,18 +12,16 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.search import (
+from sweep.search import MultiTunerSearch, make_searcher, sampled_budget
+from sweep.space import (
     FIXED_ATTR,
     KNOBS_ON,
-    MultiTunerSearch,
     define_space,
     directions,
     integer_knobs_of,
     knob_subsets,
     knobs_from_params,
     make_sampler,
-    make_searcher,
-    sampled_budget,
     sampler_plan,
     space_filling_start,
 )
