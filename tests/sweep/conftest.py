@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,19 @@ def smoke_sweep(local_ray, tmp_path_factory, task_dir):
     start = time.time()
     summary = run_sweep(config, out)
     return out, summary, config, time.time() - start
+
+
+@pytest.fixture(scope="module")
+def tracking_folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tracking server (``clusters/tracking.py``: PostgreSQL, MLflow with basic authentication) for one test
+    module, in the folder yielded, stopped at the module's end; skips where PostgreSQL is missing."""
+    from clusters import tracking
+    from clusters.loopback import free_ports
+
+    reason = tracking.missing()
+    if reason is not None:
+        pytest.skip(f"no tracking server here: {reason}")
+    port, db_port = free_ports(2)
+    folder = tmp_path_factory.mktemp("tracking")
+    with tracking.running(folder, port=port, db_port=db_port, workers=2):
+        yield folder

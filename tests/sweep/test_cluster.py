@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from clusters import tracking
-from clusters.loopback import LoopbackCluster, free_ports, node_env
+from clusters.loopback import LoopbackCluster, node_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -41,18 +41,6 @@ SMOKE_FAST = [
     "--set",
     "replicates=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def tracking_folder(tmp_path_factory) -> Iterator[Path]:
-    """A tracking server on PostgreSQL with authentication for this module, in the folder yielded."""
-    reason = tracking.missing()
-    if reason is not None:
-        pytest.skip(f"no tracking server here: {reason}")
-    port, db_port = free_ports(2)
-    folder = tmp_path_factory.mktemp("tracking")
-    with tracking.running(folder, port=port, db_port=db_port, workers=2):
-        yield folder
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 
 from clusters import tracking
-from clusters.loopback import LoopbackCluster, free_ports, node_env
+from clusters.loopback import LoopbackCluster, node_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -67,25 +67,14 @@ BIG = Size(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Path]:
-    reason = tracking.missing()
-    if reason is not None:
-        pytest.skip(f"no tracking server here: {reason}")
-    port, db_port = free_ports(2)
-    folder = tmp_path_factory.mktemp("tracking")
-    with tracking.running(folder, port=port, db_port=db_port, workers=2):
-        yield folder
-
-
 def _credentials(folder: Path) -> dict[str, str]:
     return {k: v for k, v in tracking.client_env(folder).items() if k != "MLFLOW_TRACKING_URI"}
 
 
 @pytest.fixture
-def rig(tmp_path_factory, server) -> Iterator[tuple[LoopbackCluster, Size]]:
+def rig(tmp_path_factory, tracking_folder) -> Iterator[tuple[LoopbackCluster, Size]]:
     size = BIG if SCALE else FAST
-    with LoopbackCluster(tmp_path_factory.mktemp("ray"), env=_credentials(server)) as cluster:
+    with LoopbackCluster(tmp_path_factory.mktemp("ray"), env=_credentials(tracking_folder)) as cluster:
         cluster.head(HEAD, num_cpus=2, num_gpus=0)  # the driver's node: no trial runs here
         for i in range(size.workers):
             cluster.worker(f"127.0.0.{3 + i}", num_cpus=size.gpus_per_worker, num_gpus=size.gpus_per_worker)
@@ -265,9 +254,9 @@ def _fault_sweep(rig: tuple[LoopbackCluster, Size], server: Path, tmp_path: Path
 
 
 @pytest.mark.skipif(SCALE, reason="PROMPTSWEEP_SCALE=1 runs the scale variants instead")
-def test_every_cluster_fault_in_one_sweep(rig, server, tmp_path):
+def test_every_cluster_fault_in_one_sweep(rig, tracking_folder, tmp_path):
     """The fast variant: server restarted, database restarted, a worker node lost, the driver killed and rerun."""
-    counts = _fault_sweep(rig, server, tmp_path, ["server", "database", "node", "driver"])
+    counts = _fault_sweep(rig, tracking_folder, tmp_path, ["server", "database", "node", "driver"])
     # Retried: the lost node's trials and those the lost driver left; a trial struck before its first checkpoint
     # restarts from scratch, as it must, so only "at least the one waited for" is certain.
     assert counts["retried"] >= 1 and counts["from_checkpoint"] >= 1, counts
@@ -279,22 +268,22 @@ scale = pytest.mark.skipif(
 
 
 @scale
-def test_a_worker_node_lost_mid_sweep(rig, server, tmp_path):
-    counts = _fault_sweep(rig, server, tmp_path, ["node"])
+def test_a_worker_node_lost_mid_sweep(rig, tracking_folder, tmp_path):
+    counts = _fault_sweep(rig, tracking_folder, tmp_path, ["node"])
     assert counts["retried"] >= 1 and counts["from_checkpoint"] >= 1, counts
 
 
 @scale
-def test_the_tracking_server_restarted_mid_sweep(rig, server, tmp_path):
-    _fault_sweep(rig, server, tmp_path, ["server"])
+def test_the_tracking_server_restarted_mid_sweep(rig, tracking_folder, tmp_path):
+    _fault_sweep(rig, tracking_folder, tmp_path, ["server"])
 
 
 @scale
-def test_the_database_restarted_mid_sweep(rig, server, tmp_path):
-    _fault_sweep(rig, server, tmp_path, ["database"])
+def test_the_database_restarted_mid_sweep(rig, tracking_folder, tmp_path):
+    _fault_sweep(rig, tracking_folder, tmp_path, ["database"])
 
 
 @scale
-def test_the_drivers_head_killed_then_rerun(rig, server, tmp_path):
-    counts = _fault_sweep(rig, server, tmp_path, ["driver"])
+def test_the_drivers_head_killed_then_rerun(rig, tracking_folder, tmp_path):
+    counts = _fault_sweep(rig, tracking_folder, tmp_path, ["driver"])
     assert counts["retried"] >= 1 and counts["from_checkpoint"] >= 1, counts

@@ -18,13 +18,11 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clusters import tracking
-from clusters.loopback import free_ports
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -46,17 +44,6 @@ SYNTHETIC = [
     "--set",
     "tuner_config.synthetic={steps: 4, step_s: 0.05}",
 ]
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Iterator[Path]:
-    reason = tracking.missing()
-    if reason is not None:
-        pytest.skip(f"no tracking server here: {reason}")
-    port, db_port = free_ports(2)
-    where = tmp_path_factory.mktemp("tracking")
-    with tracking.running(where, port=port, db_port=db_port, workers=1):
-        yield where
 
 
 def _get(url: str, user: tuple[str, str] | None = None) -> int:
@@ -89,17 +76,17 @@ def _sweep(out: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedP
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=600)
 
 
-def test_the_server_is_loopback_only_authenticated_and_keeps_secrets_off_command_lines(folder):
-    state = tracking.read_state(folder)
-    assert state is not None and tracking.status(folder)["server"] == "up"
+def test_the_server_is_loopback_only_authenticated_and_keeps_secrets_off_command_lines(tracking_folder):
+    state = tracking.read_state(tracking_folder)
+    assert state is not None and tracking.status(tracking_folder)["server"] == "up"
     probe = f"{state.uri}/api/2.0/mlflow/experiments/search?max_results=1"
     assert _get(probe) == 401
     assert _get(probe, ("sweep", "not-the-password")) == 401
-    assert _get(probe, tracking.credentials(folder)) == 200
-    assert _get(probe, tracking.credentials(folder, "admin")) == 200
+    assert _get(probe, tracking.credentials(tracking_folder)) == 200
+    assert _get(probe, tracking.credentials(tracking_folder, "admin")) == 200
     for port in (state.port, state.db_port):
         assert _listening(port) == {"0100007F"}, f"port {port} listens beyond 127.0.0.1"
-    secrets = [path.read_text().strip() for path in (folder / "secrets").glob("*.password")]
+    secrets = [path.read_text().strip() for path in (tracking_folder / "secrets").glob("*.password")]
     assert len(secrets) >= 5
     for entry in Path("/proc").iterdir():
         try:
@@ -107,21 +94,21 @@ def test_the_server_is_loopback_only_authenticated_and_keeps_secrets_off_command
         except OSError:
             continue
         assert not any(secret in cmdline for secret in secrets), f"a secret on the command line of {entry.name}"
-    assert (folder / "secrets").stat().st_mode & 0o777 == 0o700
-    assert all(path.stat().st_mode & 0o777 == 0o600 for path in (folder / "secrets").iterdir())
-    assert (folder / "env").stat().st_mode & 0o777 == 0o600
+    assert (tracking_folder / "secrets").stat().st_mode & 0o777 == 0o700
+    assert all(path.stat().st_mode & 0o777 == 0o600 for path in (tracking_folder / "secrets").iterdir())
+    assert (tracking_folder / "env").stat().st_mode & 0o777 == 0o600
 
 
-def test_a_wrong_password_stops_the_sweep_before_any_trial(folder, tmp_path):
-    env = {**tracking.client_env(folder), "MLFLOW_TRACKING_PASSWORD": "wrong-password-0123"}
+def test_a_wrong_password_stops_the_sweep_before_any_trial(tracking_folder, tmp_path):
+    env = {**tracking.client_env(tracking_folder), "MLFLOW_TRACKING_PASSWORD": "wrong-password-0123"}
     done = _sweep(tmp_path / "out", env)
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
     assert "refused this sweep (401" in done.stderr and "MLFLOW_TRACKING_PASSWORD" in done.stderr
     assert not (tmp_path / "out").exists(), "the sweep wrote something before failing"
     import mlflow
 
-    client = mlflow.tracking.MlflowClient(tracking.client_env(folder)["MLFLOW_TRACKING_URI"])
-    os.environ.update(tracking.client_env(folder))
+    client = mlflow.tracking.MlflowClient(tracking.client_env(tracking_folder)["MLFLOW_TRACKING_URI"])
+    os.environ.update(tracking.client_env(tracking_folder))
     try:
         assert client.get_experiment_by_name("smoke") is None, "the sweep reached MLflow"
     finally:
@@ -130,19 +117,19 @@ def test_a_wrong_password_stops_the_sweep_before_any_trial(folder, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def swept(folder, tmp_path_factory) -> dict:
+def swept(tracking_folder, tmp_path_factory) -> dict:
     """A synthetic sweep logged to the server, its URI and credentials from the environment only."""
     out = tmp_path_factory.mktemp("swept")
-    done = _sweep(out, tracking.client_env(folder))
+    done = _sweep(out, tracking.client_env(tracking_folder))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "sweep.json").read_text())
 
 
-def test_a_sweep_logs_to_the_server_through_its_artifact_proxy(folder, swept, tmp_path, monkeypatch):
+def test_a_sweep_logs_to_the_server_through_its_artifact_proxy(tracking_folder, swept, tmp_path, monkeypatch):
     import mlflow
     import pyarrow.parquet as pq
 
-    env = tracking.client_env(folder)
+    env = tracking.client_env(tracking_folder)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert swept["tracking_uri"] == env["MLFLOW_TRACKING_URI"] and swept["status"] == "FINISHED"
@@ -152,10 +139,10 @@ def test_a_sweep_logs_to_the_server_through_its_artifact_proxy(folder, swept, tm
     assert experiment.artifact_location.startswith("mlflow-artifacts:"), experiment.artifact_location
     runs = client.search_runs([swept["experiment_id"]], f"tags.`mlflow.parentRunId` = '{swept['parent_run_id']}'")
     assert len(runs) == 3 and {run.info.status for run in runs} == {"FINISHED"}
-    for run in runs:  # each prompt went up through the server and sits in its artifact folder
+    for run in runs:  # each prompt went up through the server and sits in its artifact tracking_folder
         local = client.download_artifacts(run.info.run_id, "prompt.txt", str(tmp_path))
         assert Path(local).read_text() == run.data.tags["prompt_text"]
-    stored = {p.name for p in (folder / "artifacts").rglob("*") if p.is_file()}
+    stored = {p.name for p in (tracking_folder / "artifacts").rglob("*") if p.is_file()}
     assert {"prompt.txt", "result.json", "sweep.json"} <= stored
     # The exports rebuilt from the server alone (credentials from the environment).
     export = subprocess.run(
@@ -243,16 +230,16 @@ def _page(url: str, profile: Path) -> str:
     return done.stdout
 
 
-def test_the_sweeps_experiment_opens_on_its_runs_in_mlflows_ui(folder, swept, tmp_path):
+def test_the_sweeps_experiment_opens_on_its_runs_in_mlflows_ui(tracking_folder, swept, tmp_path):
     """MLflow 3.17's UI opens an experiment on the GenAI "Overview" by default; the sweep's link (its experiment
     tagged as model training, ``?workflowType=machine_learning``) opens on the runs: the parent and its trials."""
     if shutil.which("chromium") is None:
         pytest.skip("chromium is not on PATH: install Debian's chromium (apt-get install chromium), as .ci/run does")
     from sweep.mlflow_log import experiment_url
 
-    state = tracking.read_state(folder)
+    state = tracking.read_state(tracking_folder)
     assert state is not None
-    proxy = _Proxy(state.uri, tracking.credentials(folder))
+    proxy = _Proxy(state.uri, tracking.credentials(tracking_folder))
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
@@ -274,13 +261,13 @@ def test_the_sweeps_experiment_opens_on_its_runs_in_mlflows_ui(folder, swept, tm
     assert plain_title and plain_title.group(1).startswith("Overview"), plain_title and plain_title.group(1)
 
 
-def test_a_restart_of_server_and_database_keeps_the_runs(folder, swept):
+def test_a_restart_of_server_and_database_keeps_the_runs(tracking_folder, swept):
     import mlflow
 
-    env = tracking.client_env(folder)
-    tracking.stop(folder)  # server and database
-    state = tracking.start(folder)
-    assert state.uri == env["MLFLOW_TRACKING_URI"] and tracking.client_env(folder) == env
+    env = tracking.client_env(tracking_folder)
+    tracking.stop(tracking_folder)  # server and database
+    state = tracking.start(tracking_folder)
+    assert state.uri == env["MLFLOW_TRACKING_URI"] and tracking.client_env(tracking_folder) == env
     os.environ.update(env)
     try:
         client = mlflow.tracking.MlflowClient(env["MLFLOW_TRACKING_URI"])
