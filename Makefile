@@ -28,9 +28,9 @@ tracking: tracking-deps
 	$(BIN)/python clusters/tracking.py start --install
 
 test: setup tracking-deps
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not cluster and not faults"
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m cluster
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m faults
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=5 -m "not cluster and not faults"
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=5 -m cluster
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=5 -m faults
 
 lint: setup
 	$(BIN)/ruff check .
