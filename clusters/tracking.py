@@ -349,28 +349,9 @@ def _server_alive(state: State) -> bool:
     return "mlflow" in cmdline and state.dir in cmdline
 
 
-def start_server(folder: Path, state: State) -> State:
-    if _server_alive(state):
-        return state
-    if _port_open(state.port):
-        raise TrackingError(
-            f"port {state.port} on {HOST} is taken by another process; choose another with --port (or stop it)"
-        )
-    artifacts = folder / "artifacts"
-    artifacts.mkdir(mode=0o700, exist_ok=True)
-    logs = folder / "logs"
-    logs.mkdir(mode=0o700, exist_ok=True)
-    env = {
-        **os.environ,
-        "PGPASSFILE": str(_secrets(folder) / "pgpass"),
-        "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(folder, state)),
-        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
-        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials(folder, ADMIN_USER)[1],
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": _password(folder, "flask-secret"),
-    }
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        env.pop(name, None)
-    command = [
+def _server_command(state: State, artifacts: Path) -> list[str]:
+    """``mlflow server`` with basic authentication, on PostgreSQL, proxying the artifacts in ``artifacts``."""
+    return [
         sys.executable,
         "-m",
         "mlflow",
@@ -395,6 +376,30 @@ def start_server(folder: Path, state: State) -> State:
         "--uvicorn-opts",
         "--timeout-graceful-shutdown 5",
     ]
+
+
+def start_server(folder: Path, state: State) -> State:
+    if _server_alive(state):
+        return state
+    if _port_open(state.port):
+        raise TrackingError(
+            f"port {state.port} on {HOST} is taken by another process; choose another with --port (or stop it)"
+        )
+    artifacts = folder / "artifacts"
+    artifacts.mkdir(mode=0o700, exist_ok=True)
+    logs = folder / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    env = {
+        **os.environ,
+        "PGPASSFILE": str(_secrets(folder) / "pgpass"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(folder, state)),
+        "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials(folder, ADMIN_USER)[1],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": _password(folder, "flask-secret"),
+    }
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
+    command = _server_command(state, artifacts)
     with (logs / "mlflow.log").open("ab") as log:
         process = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweep import failpoints
 from sweep.config import SweepConfig
@@ -25,6 +25,9 @@ from sweep.driver import (
     release_reserve,
     write_json,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("sweep.run")
 
@@ -52,14 +55,8 @@ def finish(
     release_reserve(out)
     summary: dict[str, Any] = {**record(config, out, plan, status="INTERRUPTED"), "resumed": plan.resumed}
     summary.update(interrupted_by=outcome.signal, cluster_resources=resources, trials_expected=outcome.expected)
-    exported = None
     try:
-        closed = mlflow_log.close_running_children(
-            plan.tracking_uri, plan.parent, reason=f"the sweep was interrupted while this trial ran; {RESUME_HINT}"
-        )
-        counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent)
-        first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent)
-        table = mlflow_log.trials_table(plan.tracking_uri, plan.parent)
+        closed, counts, first_error, table = _read_back(plan)
     except Exception as err:
         return _fail_finish(summary, outcome, out, plan, "reading the trials back from MLflow", err)
     summary.update(_counts(config, out, outcome, counts, closed, first_error))
@@ -92,6 +89,19 @@ def finish(
     except Exception as err:
         return _fail_finish(summary, outcome, out, plan, "closing the sweep's record", err, exported=exported)
     return {**summary, "exported": exported}
+
+
+def _read_back(plan: Plan) -> tuple[int, dict[str, int], str | None, pd.DataFrame]:
+    """From MLflow: how many trial runs were closed as KILLED (left RUNNING by the end), the children's status
+    counts, the first failure's message and the trials table."""
+    from sweep import mlflow_log
+
+    closed = mlflow_log.close_running_children(
+        plan.tracking_uri, plan.parent, reason=f"the sweep was interrupted while this trial ran; {RESUME_HINT}"
+    )
+    counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent)
+    first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent)
+    return closed, counts, first_error, mlflow_log.trials_table(plan.tracking_uri, plan.parent)
 
 
 def _counts(
