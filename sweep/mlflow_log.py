@@ -98,7 +98,7 @@ def start_parent(
     """Create (or reuse) the experiment and start the sweep's parent run; returns their ids."""
     client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    kind = dict([EXPERIMENT_KIND])
+    kind = {EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]}
     if found is not None:
         experiment_id = found.experiment_id
         if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # created before sweeps were tagged

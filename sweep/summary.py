@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sweep.mlflow_log import experiment_url
 from sweep.results.columns import LEARN_METRIC, duration
 
 
@@ -53,5 +54,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         print(f"\nwrote {out}: {', '.join(exported.files)}, sweep.json")
         if "report.html" in exported.files:
             print(f"  report:           open {out / 'report.html'}")
-    print(f"  MLflow UI:        mlflow ui --backend-store-uri {summary['tracking_uri']}")
+    # A tracking server serves its own UI: its page of the sweep, not a local `mlflow ui` (which cannot read it).
+    page = experiment_url(summary["tracking_uri"], str(summary.get("experiment_id", "")))
+    print(f"  MLflow UI:        {page or 'mlflow ui --backend-store-uri ' + summary['tracking_uri']}")
     print(f"  optuna-dashboard: optuna-dashboard {summary['optuna_storage']}   (pip install -e '.[dashboard]')")
