@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from objectives.stats import aggregate
+from sweep import mlflow_log
 from sweep.mlflow_log import collect_curves
 from sweep.results.columns import STEPS_DONE, STOPPED_AT
 from sweep.results.exports import write_exports
@@ -331,7 +332,7 @@ def test_a_report_that_fails_leaves_the_other_exports(tmp_path, monkeypatch):
     assert REPORT_FILE not in result.files and (tmp_path / "front.tex").exists()
 
 
-def test_collect_curves_reads_histories_and_tolerates_missing_runs(tmp_path):
+def test_collect_curves_reads_histories_and_tolerates_missing_runs(tmp_path, monkeypatch):
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -350,6 +351,10 @@ def test_collect_curves_reads_histories_and_tolerates_missing_runs(tmp_path):
     assert set(curves[run]) == {"rep0/dev/acc", "rep0/train/loss"}
     assert curves[run]["rep0/dev/acc"] == [(0, 0.1), (2, 0.25), (4, 0.5), (6, 0.7)]  # thinned, first and last kept
     assert math.isnan(curves[run]["rep0/train/loss"][0][1])
+    # An answer that may have been cut at the bulk read's cap is asked again in halves, then one run a request.
+    monkeypatch.setattr(mlflow_log, "_BULK_POINTS", 3)
+    again = collect_curves(uri, [run, "0" * 32, bare, None, NAN, run], max_points=4)
+    assert again.keys() == curves.keys() and again[run]["rep0/dev/acc"] == curves[run]["rep0/dev/acc"]
 
 
 # --- the smoke sweep's report in a real browser ---------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from clusters import tracking
+from sweep import mlflow_log
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -165,6 +166,22 @@ def test_a_sweep_logs_to_the_server_through_its_artifact_proxy(tracking_folder, 
     )
     assert export.returncode == 0, export.stderr[-3000:]
     assert pq.read_table(tmp_path / "export" / "trials.parquet").num_rows == 3
+    # The learning curves come through the server's bulk history endpoint, a hundred runs a request, and equal
+    # what one request per run and metric reads (answers that may be cut are asked again in halves, then per run).
+    answers: list[bool] = []
+    bulk = mlflow_log._bulk
+
+    def spy(*args: object) -> object:
+        found = bulk(*args)
+        answers.append(found is not None)
+        return found
+
+    monkeypatch.setattr(mlflow_log, "_bulk", spy)
+    ids = [run.info.run_id for run in runs]
+    curves = mlflow_log.collect_curves(env["MLFLOW_TRACKING_URI"], ids)
+    assert answers and all(answers) and all(curves[i] for i in ids)
+    monkeypatch.setattr(mlflow_log, "_BULK_POINTS", 3)
+    assert mlflow_log.collect_curves(env["MLFLOW_TRACKING_URI"], ids) == curves
 
 
 class _Proxy(http.server.ThreadingHTTPServer):
