@@ -219,7 +219,8 @@ def estimate_trial_bytes(
     prints it beside the measured peak).
     """
     from objectives.models import load_tokenizer
-    from objectives.scoring import _CALL_TOKENS, PREFIX_TAIL
+    from objectives.problem import PREFIX_TAIL
+    from objectives.scoring import _CALL_TOKENS
 
     configs = dict(model_configs or {})
 

@@ -15,17 +15,21 @@ import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from objectives.errors import ConfigError
-from objectives.memory import cache_budget
-from objectives.models import LanguageModel, load_lm
-from objectives.scoring import PREFIX_TAIL, TEMPLATES, PromptScorer, shared_scorer
 from objectives.tasks import Task, load_task, verbalizer_ids
 
+if TYPE_CHECKING:  # torch, the LM and its scorers are imported where a problem is built: a config needs none
+    import torch
+
+    from objectives.models import LanguageModel
+    from objectives.scoring import PromptScorer
+
 SPLITS = ("train", "dev", "test")
+# How a prompt and an input are laid out (objectives/scoring.py): 'suffix' {x}{prompt}, 'prefix' {prompt}{x} It was.
+TEMPLATES = ("suffix", "prefix")
+PREFIX_TAIL = " It was"
 # How a run picks the prompt it returns, from the candidates it scored on dev during training:
 # - dev_acc: the best dev accuracy (ties: lower dev cross-entropy). What a reader expects, but on a k-shot dev
 #   split accuracy moves in steps of 1/|dev| and often picks an early checkpoint, so the λ terms the run was
@@ -144,6 +148,8 @@ class Problem:
         robin over the classes of a random permutation, so each class's share differs by at most one (a class
         with too few rows gives its share to the others) and which classes get the remainder is random.
         """
+        import torch
+
         labels = self.labels["train"]
         n = len(labels)
         if size >= n:
@@ -253,6 +259,12 @@ def check_prompt_fits(
 
 
 def _build(config: ProblemConfig) -> Problem:
+    import torch
+
+    from objectives.memory import cache_budget
+    from objectives.models import load_lm
+    from objectives.scoring import shared_scorer
+
     check_model_folder(config.model)
     lm = load_lm(config.model, config.device)
     ids = verbalizer_ids(lm.tokenizer, config.verbalizer)

@@ -41,9 +41,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from objectives.memory import cache_budget, kv_bytes_per_token
 from objectives.models import LanguageModel
+from objectives.problem import PREFIX_TAIL, TEMPLATES
 
-TEMPLATES = ("suffix", "prefix")
-PREFIX_TAIL = " It was"
 # What one more forward call costs, in padded tokens, when cutting a split into chunks. Measured on 2 CPU
 # cores (GPT-2-small, SmolLM2-135M): a call on 32 tokens takes ~150 ms, on 128 ~250 ms, and throughput only
 # levels off above ~256 tokens a call, so a call is worth ~128 tokens there; on a GPU a call on few tokens

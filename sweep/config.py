@@ -24,6 +24,7 @@ import yaml
 
 from objectives.errors import ConfigError
 from objectives.errors import did_you_mean as unknown_message
+from tuners.base import BASELINES
 
 if typing.TYPE_CHECKING:
     from objectives.problem import ProblemConfig
@@ -31,9 +32,6 @@ if typing.TYPE_CHECKING:
 # The project's heavy modules (torch, transformers, through ``tuners``) are imported where they are used, so
 # that ``sweep/run.py --help`` can list these fields in well under a second.
 
-# The names of tuners.baselines.BASELINES (a test keeps the two equal): kept here as text so the defaults
-# below need no import of the tuners.
-BASELINES = ("no_prompt", "manual", "lm_sample")
 
 SAMPLERS = ("tpe", "nsga2", "random")
 # fifo: every trial runs its full budget; mo_asha: trials are stopped at rungs where they are dominated

@@ -57,8 +57,6 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from objectives.metrics import METRICS
-
 KNOBS_ON = "knobs_on"  # the categorical param naming the subset of knobs that is on (two knobs or more)
 _JOIN = "+"
 FIXED_ATTR = "fixed"  # user attr of a fixed trial added to a study; its value names the configuration
@@ -131,6 +129,8 @@ def integer_knobs_of(config_cls: type, knobs: Iterable[str]) -> frozenset[str]:
 
 def directions(objectives: Sequence[str]) -> list[str]:
     """Optuna/Tune modes of the objectives, from the metric registry's ``higher_is_better``."""
+    from objectives.metrics import METRICS  # its tensor functions load torch, which a trial's worker may not need
+
     return ["max" if METRICS[name].higher_is_better else "min" for name in objectives]
 
 

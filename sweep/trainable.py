@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,7 +39,6 @@ from typing import Any
 from ray.tune import Callback
 
 from objectives.errors import DivergedError, UserError
-from objectives.memory import release_caches
 from sweep import failpoints, mlflow_log
 from sweep.devices import resolve_device
 from sweep.mlflow_log import TrialRun
@@ -144,14 +144,18 @@ def _open_run(
         # Given no GPU, the trial sees none (Ray 2.60 hides none from it), before anything touches CUDA.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     values = {**context.values, **config.get("fixed", {}), **weights}
-    if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)}:
+    if "device" in {f.name for f in dataclasses.fields(tuner.config_cls)} and getattr(tuner, "uses_device", True):
         # "auto" means CUDA only where Ray gave this trial a GPU.
         values["device"] = resolve_device(str(values.get("device", "auto")), gpu_ids, bool(gpu_ids) and _cuda())
         if values["device"].startswith("cuda") and context.gpus_per_trial > 0:
             values["gpu_share"] = min(context.gpus_per_trial, 1.0)  # sizes the input caches to its share
     tuner_config = make_config(tuner.config_cls, values)
-    # A reused worker keeps the models and caches of its earlier trials: those this one does not need go.
-    release_caches(keep=replicate_configs(tuner_config, context.replicates))
+    # A reused worker keeps the models and caches of its earlier trials: those this one does not need go. A
+    # worker that never loaded a model has none (and a synthetic trial's worker must not import torch for it).
+    if "objectives.models" in sys.modules:
+        from objectives.memory import release_caches
+
+        release_caches(keep=replicate_configs(tuner_config, context.replicates))
     tags = {
         **context.tags,
         "ray.node_id": ray.get_runtime_context().get_node_id(),

@@ -11,7 +11,6 @@ scheduler's rungs), ``presets.py`` (each tuner's sizes at smoke, demo and paper)
 
 from __future__ import annotations
 
-from tuners import baselines, pez, rlprompt, soft, synthetic  # noqa: F401  (importing registers the tuners)
 from tuners.base import PromptResult, Reporter, Tuner, available, get_tuner, register
 from tuners.configs import make_config
 from tuners.presets import TUNER_PRESETS, preset_config

@@ -8,6 +8,7 @@ metrics are final. Tuners know nothing of Ray, MLflow or Optuna: ``sweep/`` adap
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -117,9 +118,10 @@ class Tuner(Protocol):
     """A prompt tuner: a name, its config class, and ``run``.
 
     A tuner may set ``trains = False`` (the baselines in ``tuners/baselines.py``): it optimises nothing, so it
-    reports no steps and its prompt does not depend on an init seed. A tuner that trains saves its state
-    through ``checkpoint`` and stops with ``objectives.errors.DivergedError`` at the first step whose loss
-    or reward is not finite.
+    reports no steps and its prompt does not depend on an init seed. A tuner may set ``uses_device = False``
+    (the synthetic tuner): its config's ``device`` is then left as it is, and its trial loads no torch to look
+    for CUDA. A tuner that trains saves its state through ``checkpoint`` and stops with
+    ``objectives.errors.DivergedError`` at the first step whose loss or reward is not finite.
     """
 
     name: ClassVar[str]
@@ -130,7 +132,18 @@ class Tuner(Protocol):
     ) -> PromptResult: ...
 
 
+# The tuners that train nothing (tuners/baselines.py): the references every front is compared with.
+BASELINES = ("no_prompt", "manual", "lm_sample")
 _REGISTRY: dict[str, Tuner] = {}
+# The module that registers each built-in tuner, imported when the tuner is first asked for: a process that runs
+# one tuner (a Ray worker's trial) imports that one alone; the synthetic tuner's trial then loads no torch.
+BUILT_IN = {
+    "pez": "tuners.pez",
+    "soft": "tuners.soft",
+    "rlprompt": "tuners.rlprompt",
+    "synthetic": "tuners.synthetic",
+    **{name: "tuners.baselines" for name in BASELINES},
+}
 
 
 def register(tuner: Tuner) -> Tuner:
@@ -141,10 +154,12 @@ def register(tuner: Tuner) -> Tuner:
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *BUILT_IN})
 
 
 def get_tuner(name: str) -> Tuner:
+    if name not in _REGISTRY and name in BUILT_IN:
+        importlib.import_module(BUILT_IN[name])
     if name not in _REGISTRY:
         raise ConfigError(did_you_mean("tuner", name, available()))
     return _REGISTRY[name]

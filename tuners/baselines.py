@@ -26,8 +26,6 @@ from tuners.base import Checkpointing, PromptResult, Reporter, register
 from tuners.configs import config_dict
 from tuners.selection import best_index, selection_key
 
-BASELINES = ("no_prompt", "manual", "lm_sample")
-
 _SENTIMENT_WORDS = {
     "terrible", "great", "bad", "good", "negative", "positive", "awful", "excellent", "poor", "fine",
     "horrible", "wonderful", "worst", "best", "neutral", "okay", "ok",

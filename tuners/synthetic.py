@@ -128,6 +128,7 @@ class Synthetic:
 
     name = "synthetic"
     config_cls = SyntheticConfig
+    uses_device = False  # its steps sleep: a trial of it resolves no device (and so imports no torch)
 
     def run(
         self, config: SyntheticConfig, *, report: Reporter | None = None, checkpoint: Checkpointing | None = None

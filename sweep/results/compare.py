@@ -20,7 +20,7 @@ import pandas as pd
 
 from objectives.stats import CI95, paired_difference, replicate_values, summarise
 from sweep.results.columns import LEARN_METRIC, TEST_METRIC, TUNER, beats_column, diff_columns, tuners_of
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 
 def baselines_in(table: pd.DataFrame) -> list[str]:

@@ -36,7 +36,7 @@ from sweep.results.columns import (
     tuners_of,
 )
 from sweep.results.pareto import Fronts
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from sweep.results.columns import (
     higher_is_better,
     tuners_of,
 )
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 logger = logging.getLogger(__name__)
 

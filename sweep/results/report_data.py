@@ -54,7 +54,7 @@ from sweep.results.columns import (
 from sweep.results.figure import VIEWS, ParetoPlot, View, held_out_metric, pareto_plot
 from sweep.results.pareto import Fronts, gamed_mask, objective_matrix
 from sweep.results.report_header import Header, compute_header, direction
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 # Columns that are neither metrics nor weights: text, flags, and how far a trial got (shown on their own).
 _NOT_METRICS = (*TEXT_COLUMNS, *FLAG_COLUMNS, STEPS_DONE, STOPPED_AT)

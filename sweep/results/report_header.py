@@ -17,7 +17,7 @@ from objectives.metrics import METRICS
 from sweep.results.columns import BASELINE_NAMES, LEARN_METRIC, arrow, duration, formatted
 from sweep.results.compare import learning_text
 from sweep.results.pareto import ALL_KEY, Fronts
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from sweep.results.columns import (
 )
 from sweep.results.figure import held_out_metric
 from sweep.results.pareto import ALL_KEY, Fronts, objective_matrix
-from tuners.baselines import BASELINES
+from tuners.base import BASELINES
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}",
