@@ -263,7 +263,10 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=1000, help="trials of the long sweep (0: skip it)")
     parser.add_argument("--short-trial-s", type=float, default=2.0, help="seconds of each of those trials")
     parser.add_argument("--load-s", type=float, default=15.0, help="seconds of each store load test")
-    parser.add_argument("--worker-mb", type=int, default=400, help="memory of one trial's Ray worker process")
+    # Measured: a synthetic trial's Ray worker holds ~450 MB resident (Ray's core worker, Tune and the MLflow
+    # client; no torch), so 64 trials need ~30 GB: a 24 GB machine runs 32 (with 64, Ray's memory monitor kills
+    # workers and the sweep stalls).
+    parser.add_argument("--worker-mb", type=int, default=460, help="memory of one trial's Ray worker process")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]

@@ -73,6 +73,7 @@ def node_env(ip: str, **extra: str) -> dict[str, str]:
         # A throwaway cluster: without token authentication (Ray 2.59+ turns it on when ~/.ray/auth_token exists).
         RAY_AUTH_MODE="disabled",
         RAY_USAGE_STATS_ENABLED="0",
+        MLFLOW_DISABLE_TELEMETRY="true",
         HF_HUB_OFFLINE="1",
     )
     env.pop("RAY_ADDRESS", None)

@@ -396,6 +396,7 @@ def start_server(folder: Path, state: State) -> State:
         "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
         "MLFLOW_AUTH_ADMIN_PASSWORD": credentials(folder, ADMIN_USER)[1],
         "MLFLOW_FLASK_SERVER_SECRET_KEY": _password(folder, "flask-secret"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",  # a loopback server sends nothing anywhere else
     }
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)

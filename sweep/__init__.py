@@ -16,3 +16,11 @@ Where things live:
 - ``results/``: fronts, comparisons with baselines, the figure, the tables and the report page
   (``results/__init__.py`` has its own map); ``export.py``: ``python -m sweep.export``.
 """
+
+import os
+
+# MLflow's usage telemetry stays off in every process of a sweep (the driver, Ray's workers: they import this
+# package before MLflow), unless a user turns it on: sweeps run where there may be no route out, and its thread
+# unsets an environment variable while other threads' HTTP requests read os.environ, which failed trials'
+# MLflow calls with KeyError('_MLFLOW_TELEMETRY_SESSION_ID') on the scale rig.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -299,6 +299,8 @@ def init_ray(config: SweepConfig, *, verbose: bool = True) -> bool:
         # The embedded Ray is one node: keep it on loopback (Ray otherwise swaps 127.0.0.1 for the machine's
         # interface address). Ray reads this when it is imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # ... and sends no usage statistics out (a cluster's own `ray start` decides for itself).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
     from objectives.models import DETERMINISTIC_ENV

@@ -6,6 +6,9 @@ The sweep itself is the session fixture ``smoke_sweep`` of tests/sweep/conftest.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 from objectives.errors import ConfigError
 from sweep.config import load_sweep_config
 
+ROOT = Path(__file__).resolve().parents[2]
 TUNERS = ("pez", "soft", "rlprompt")
 BASELINES = ("no_prompt", "manual", "lm_sample")
 # 3 trials per learned tuner (the unregularised one included), 1 no-prompt, 3 hand-written, 1 LM-sampled.
@@ -251,3 +255,16 @@ def test_smoke_is_the_demos_twin_with_rlprompt_and_the_fluency_knobs():
         assert {"lambda_ppl", "fluent_top_k"} <= set(demo["search"][tuner]) <= set(smoke["search"][tuner])
     config = load_sweep_config("demo", config_file=None, overrides={})
     assert config.replicates >= 3
+
+
+def test_mlflows_telemetry_is_off_in_a_sweeps_processes():
+    """Importing the sweep (the driver, every Ray worker) turns MLflow's usage telemetry off unless the user set
+    it: nothing is sent out, and its thread no longer races other threads' requests over os.environ."""
+    code = (
+        "import sweep, mlflow\n"
+        "from mlflow.telemetry.client import get_telemetry_client\n"
+        "assert get_telemetry_client() is None, get_telemetry_client()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
