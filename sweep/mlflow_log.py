@@ -129,10 +129,11 @@ def start_parent(
     return experiment_id, run.info.run_id
 
 
-def log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(client: Any, run_id: str, params: Mapping[str, Any], *, logged: Mapping[str, str] | None = None) -> None:
+    """Log ``params`` (nested mappings flattened to dotted names), leaving out the names in ``logged``."""
     from mlflow.entities import Param
 
-    flat = [Param(k, _param_value(v)) for k, v in _flatten(params).items()]
+    flat = [Param(k, _param_value(v)) for k, v in _flatten(params).items() if k not in (logged or {})]
     for start in range(0, len(flat), 100):
         client.log_batch(run_id, params=flat[start : start + 100])
 
@@ -186,6 +187,9 @@ class TrialRun:
             self.client.set_tag(self.run_id, ATTEMPTS, str(self.attempts))
             for name, value in tags.items():
                 self.client.set_tag(self.run_id, name, value)
+            # The attempt that created the run may have died before its parameters were logged (the exports
+            # read the searched weights from them).
+            log_params(self.client, self.run_id, params, logged=existing.data.params)
             return
         run = self.client.create_run(
             experiment_id,
