@@ -99,9 +99,10 @@ def _read_back(plan: Plan) -> tuple[int, dict[str, int], str | None, pd.DataFram
     closed = mlflow_log.close_running_children(
         plan.tracking_uri, plan.parent, reason=f"the sweep was interrupted while this trial ran; {RESUME_HINT}"
     )
-    counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent)
+    runs = mlflow_log.trial_runs(plan.tracking_uri, plan.parent)  # read once: counted, then tabled
+    counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent, runs=runs)
     first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent)
-    return closed, counts, first_error, mlflow_log.trials_table(plan.tracking_uri, plan.parent)
+    return closed, counts, first_error, mlflow_log.trials_table(plan.tracking_uri, plan.parent, runs=runs)
 
 
 def _counts(
