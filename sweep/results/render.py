@@ -57,6 +57,8 @@ FORMATS = ("pdf", "svg", "png")
 # Where a prompt label may go around its point: (dx, dy) in points, the text's alignment, and whether it is
 # far enough to need a leader line back to its point. Tried in order: right of the point first (reading
 # order), then left, above, below, the diagonals, then the same ring farther out twice.
+# Prompt labels a figure tries to place at most (the table lists every prompt).
+MAX_LABELS = 60
 _NEAR: tuple[tuple[float, float, str, str], ...] = (
     (3.5, 1.0, "left", "bottom"),
     (3.5, -1.0, "left", "top"),
@@ -238,15 +240,25 @@ def _label_requests(plot: ParetoPlot) -> list[_Request]:
     """The prompt labels to place, ``(x, y, text, colour)``: the baselines' first (they are few and the reader
     looks for them by name), then each front's; one per distinct (point, text), since duplicate trials sit on
     each other and would stack their labels."""
-    requests: list[_Request] = []
     seen: set[tuple[float, float, str]] = set()
-    for s in (*plot.baselines, *plot.series):
-        for i in s.front.tolist():
-            key = (float(s.x[i]), float(s.y[i]), s.texts[i])
-            if key not in seen:
-                seen.add(key)
-                requests.append((key[0], key[1], s.texts[i], s.color))
-    return requests
+    groups: list[list[_Request]] = []
+    for series in (plot.baselines, plot.series):
+        group: list[_Request] = []
+        for s in series:
+            for i in s.front.tolist():
+                key = (float(s.x[i]), float(s.y[i]), s.texts[i])
+                if key not in seen:
+                    seen.add(key)
+                    group.append((key[0], key[1], s.texts[i], s.color))
+        groups.append(group)
+    baselines, fronts = groups
+    room = max(1, MAX_LABELS - len(baselines))
+    if len(fronts) > room:
+        # A front of hundreds of points (a 1,000-trial sweep) cannot carry a label each, and every label with no
+        # free spot costs dozens of measured tries (most of a long sweep's export time): an even share is tried.
+        keep = np.unique(np.linspace(0, len(fronts) - 1, room).round().astype(int))
+        fronts = [fronts[i] for i in keep.tolist()]
+    return baselines + fronts
 
 
 def _boxes(centres: np.ndarray, radius: float) -> np.ndarray:

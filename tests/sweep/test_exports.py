@@ -18,7 +18,7 @@ from sweep.results.compare import compare_to_baselines
 from sweep.results.exports import write_exports
 from sweep.results.figure import VIEWS, axis_label, pareto_plot, short_prompt
 from sweep.results.pareto import compute_fronts
-from sweep.results.render import draw, legend_entries, render
+from sweep.results.render import MAX_LABELS, _label_requests, draw, legend_entries, render
 from sweep.results.tables import front_latex, front_table_text, latex_escape
 
 OBJECTIVES = ("task/acc_dev", "interp/scrutability")
@@ -289,6 +289,26 @@ def test_prompt_labels_stay_inside_and_do_not_overlap():
     for i, box in enumerate(boxes):
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
         assert not any(box.overlaps(other) for other in boxes[i + 1 :])
+
+
+def test_a_front_of_hundreds_of_points_tries_an_even_share_of_labels():
+    """A 1,000-trial sweep's front has hundreds of points: the figure tries at most MAX_LABELS labels (the
+    baselines' all, the fronts' evenly spread), where trying each one cost most of the export's time."""
+    many = [
+        _trial("pez", f" p{i}", 0.0, [0.5 + i / 1000] * R, [0.5 + i / 1000] * R, [-1.0 - i / 100] * R)
+        for i in range(300)
+    ]
+    table = compare_to_baselines(pd.concat([_sweep(), pd.DataFrame(many)], ignore_index=True))
+    plot = pareto_plot(table, compute_fronts(table, OBJECTIVES), view="test")
+    assert len(plot.tuner("pez").front) > MAX_LABELS  # every new point is on the front
+    requests = _label_requests(plot)
+    texts = [r[2] for r in requests]
+    assert len(requests) == MAX_LABELS
+    assert {b.texts[i] for b in plot.baselines for i in b.front.tolist()} <= set(texts)  # every baseline tried
+    numbers = [int(t[3:-1]) for t in texts if t.startswith("' p")]
+    assert min(numbers) == 0 and max(numbers) > 250  # spread along the whole front, not its first points
+    figure = render(plot)
+    assert sum(t.get_text().startswith("'") for t in figure.axes[0].texts) <= MAX_LABELS
 
 
 def test_short_prompt():
