@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--objectives {args.objectives!r} needs at least 2 metrics for a Pareto front")
         else:
             objectives = mlflow_log.parent_objectives(tracking_uri, parent)
-        table = mlflow_log.trials_table(tracking_uri, parent)
+        runs = mlflow_log.trial_runs(tracking_uri, parent)
+        table = mlflow_log.trials_table(tracking_uri, parent, runs=runs)
         labels = mlflow_log.parent_labels(tracking_uri, parent)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    curves = mlflow_log.collect_curves(tracking_uri, table["mlflow_run_id"].tolist()) if len(table) else {}
+    curves = mlflow_log.collect_curves(tracking_uri, table["mlflow_run_id"].tolist(), runs=runs) if len(table) else {}
     header = _sweep_record(tracking_uri, parent, out)
     exported = write_exports(table, out, objectives, labels=labels, curves=curves, header=header)
     print(front_table_text(exported.table, exported.fronts))

@@ -56,7 +56,7 @@ def finish(
     summary: dict[str, Any] = {**record(config, out, plan, status="INTERRUPTED"), "resumed": plan.resumed}
     summary.update(interrupted_by=outcome.signal, cluster_resources=resources, trials_expected=outcome.expected)
     try:
-        closed, counts, first_error, table = _read_back(plan)
+        closed, counts, first_error, table, runs = _read_back(plan)
     except Exception as err:
         return _fail_finish(summary, outcome, out, plan, "reading the trials back from MLflow", err)
     summary.update(_counts(config, out, outcome, counts, closed, first_error))
@@ -66,7 +66,7 @@ def finish(
             out,
             config.objectives,
             labels=config.axis_labels,
-            curves=collect_curves(plan.tracking_uri, table["mlflow_run_id"].tolist() if len(table) else []),
+            curves=collect_curves(plan.tracking_uri, table["mlflow_run_id"].tolist() if len(table) else [], runs=runs),
             # total_s is known only after the exports; the report shows the time up to them.
             header={**summary, "timings": {**timings, "before_exports_s": time.time() - started}},
         )
@@ -91,18 +91,19 @@ def finish(
     return {**summary, "exported": exported}
 
 
-def _read_back(plan: Plan) -> tuple[int, dict[str, int], str | None, pd.DataFrame]:
+def _read_back(plan: Plan) -> tuple[int, dict[str, int], str | None, pd.DataFrame, list[Any]]:
     """From MLflow: how many trial runs were closed as KILLED (left RUNNING by the end), the children's status
-    counts, the first failure's message and the trials table."""
+    counts, the first failure's message, the trials table and the trial runs they were read from."""
     from sweep import mlflow_log
 
     closed = mlflow_log.close_running_children(
         plan.tracking_uri, plan.parent, reason=f"the sweep was interrupted while this trial ran; {RESUME_HINT}"
     )
-    runs = mlflow_log.trial_runs(plan.tracking_uri, plan.parent)  # read once: counted, then tabled
+    runs = mlflow_log.trial_runs(plan.tracking_uri, plan.parent)  # read once: counted, tabled, curves named
     counts = mlflow_log.child_status_counts(plan.tracking_uri, plan.parent, runs=runs)
     first_error = mlflow_log.first_failure(plan.tracking_uri, plan.parent)
-    return closed, counts, first_error, mlflow_log.trials_table(plan.tracking_uri, plan.parent, runs=runs)
+    table = mlflow_log.trials_table(plan.tracking_uri, plan.parent, runs=runs)
+    return closed, counts, first_error, table, runs
 
 
 def _counts(

@@ -535,7 +535,7 @@ def trials_table(tracking_uri: str, parent_run_id: str, *, runs: Sequence[Any] |
 
 
 def collect_curves(
-    tracking_uri: str, run_ids: Iterable[Any], *, max_points: int = CURVE_POINTS
+    tracking_uri: str, run_ids: Iterable[Any], *, max_points: int = CURVE_POINTS, runs: Sequence[Any] = ()
 ) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Per MLflow run, each per-step metric (``rep<i>/dev/acc``, ``rep<i>/train/loss``, ...) as ``(step,
     value)`` pairs in step order, thinned evenly to at most ``max_points`` (first and last kept).
@@ -543,13 +543,14 @@ def collect_curves(
     Runs that do not exist and metrics that cannot be read are left out with a warning: a report with a
     missing curve is better than none. Empty or missing ids (NaN in a hand-made table) are skipped. The
     histories are read many runs a request (a tracking server answered 1,000 trials' curves one request per
-    run and metric in minutes; see ``_histories``).
+    run and metric in minutes; see ``_histories``). ``runs``: MLflow runs the caller has read already (``trial_runs``),
+    whose metric names then need no search.
     """
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2 (first and last step), got {max_points}")
     client = _client(tracking_uri)
     ids = list(dict.fromkeys(r for r in run_ids if isinstance(r, str) and r))
-    keys = _history_keys(client, ids)
+    keys = _history_keys(client, ids, known={run.info.run_id: run for run in runs})
     by_key: dict[str, list[str]] = {}
     for run_id, run_keys in keys.items():
         for key in run_keys:
@@ -576,14 +577,20 @@ def collect_curves(
     return curves
 
 
-def _history_keys(client: Any, run_ids: list[str]) -> dict[str, list[str]]:
-    """Per existing run (in the order given), its per-step metric keys, sorted: a search a hundred runs a time."""
+def _history_keys(client: Any, run_ids: list[str], *, known: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Per existing run (in the order given), its per-step metric keys, sorted: from the ``known`` runs, else a
+    search a hundred runs a time."""
     from mlflow.entities import ViewType
 
-    experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL, max_results=50000)]
-    found: dict[str, list[str]] = {}
-    for start in range(0, len(run_ids), _BULK_RUNS):
-        chunk = run_ids[start : start + _BULK_RUNS]
+    found = {r: sorted(k for k in known[r].data.metrics if is_history_metric(k)) for r in run_ids if r in known}
+    missing = [r for r in run_ids if r not in found]
+    experiments = (
+        [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL, max_results=50000)]
+        if missing
+        else []
+    )
+    for start in range(0, len(missing), _BULK_RUNS):
+        chunk = missing[start : start + _BULK_RUNS]
         quoted = ", ".join(f"'{r}'" for r in chunk if re.fullmatch(r"[0-9a-zA-Z_-]+", r))
         runs = (
             client.search_runs(

@@ -54,11 +54,11 @@ _RC: dict[str, Any] = {
 _METADATA: dict[str, dict[str, Any]] = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
 FORMATS = ("pdf", "svg", "png")
 
+# Prompt labels a figure tries to place at most (the table lists every prompt).
+MAX_LABELS = 60
 # Where a prompt label may go around its point: (dx, dy) in points, the text's alignment, and whether it is
 # far enough to need a leader line back to its point. Tried in order: right of the point first (reading
 # order), then left, above, below, the diagonals, then the same ring farther out twice.
-# Prompt labels a figure tries to place at most (the table lists every prompt).
-MAX_LABELS = 60
 _NEAR: tuple[tuple[float, float, str, str], ...] = (
     (3.5, 1.0, "left", "bottom"),
     (3.5, -1.0, "left", "top"),

@@ -351,6 +351,11 @@ def test_collect_curves_reads_histories_and_tolerates_missing_runs(tmp_path, mon
     assert set(curves[run]) == {"rep0/dev/acc", "rep0/train/loss"}
     assert curves[run]["rep0/dev/acc"] == [(0, 0.1), (2, 0.25), (4, 0.5), (6, 0.7)]  # thinned, first and last kept
     assert math.isnan(curves[run]["rep0/train/loss"][0][1])
+    # Runs the caller has read already name their curves without a search, to the same result.
+    known = client.search_runs([experiment])
+    read = collect_curves(uri, [run, "0" * 32, bare, None, NAN, run], max_points=4, runs=known)
+    assert read.keys() == curves.keys() and read[run].keys() == curves[run].keys()
+    assert read[run]["rep0/dev/acc"] == curves[run]["rep0/dev/acc"]
     # An answer that may have been cut at the bulk read's cap is asked again in halves, then one run a request.
     monkeypatch.setattr(mlflow_log, "_BULK_POINTS", 3)
     again = collect_curves(uri, [run, "0" * 32, bare, None, NAN, run], max_points=4)
